@@ -1,0 +1,25 @@
+"""User-facing failures: one clear line, a non-zero exit code, no traceback."""
+from __future__ import annotations
+
+import functools
+import sys
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """A mistake in the user's input (config, data file, run directory): reported as one line."""
+
+
+def exit_on_user_error(main):
+    """Wrap an entry point so a UserError prints `distrib: error: ...` and exits 2 without a traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            print(f"distrib: error: {err}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+
+    return wrapper
