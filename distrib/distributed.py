@@ -1,0 +1,140 @@
+"""One resolver from any launcher's environment to torch.distributed, and the process-group lifecycle.
+
+Order matters: a full torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK) wins over SLURM's, so that
+`srun torchrun` gets torchrun's ranks (Lightning and dinov2 both got this wrong); then SLURM tasks
+(SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID), master = first host of the node list, port derived from
+the job id; then a plain single process. A partial environment is an error.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from distrib.errors import UserError
+
+TORCHRUN_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+SLURM_KEYS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+PORT_BASE, PORT_SPAN = 20000, 20000
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+    launcher: str  # torchrun, slurm or single
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_env(environ: dict | None = None) -> DistEnv:
+    env = os.environ if environ is None else environ
+    torchrun = [k for k in TORCHRUN_KEYS if k in env]
+    if len(torchrun) == len(TORCHRUN_KEYS):
+        return DistEnv(
+            rank=_int(env, "RANK"), local_rank=_int(env, "LOCAL_RANK"), world_size=_int(env, "WORLD_SIZE"),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=_int(env, "MASTER_PORT", 29500),
+            launcher="torchrun",
+        )
+    if torchrun:
+        missing = ", ".join(k for k in TORCHRUN_KEYS if k not in env)
+        raise UserError(f"partial torchrun environment: {', '.join(torchrun)} set but {missing} missing")
+    slurm = [k for k in SLURM_KEYS if k in env]
+    # An sbatch allocation without srun has SLURM_JOB_ID but no SLURM_PROCID: that is a single process.
+    if len(slurm) == len(SLURM_KEYS) and _int(env, "SLURM_NTASKS") >= 1 and "SLURM_STEP_ID" in env:
+        job_id = env.get("SLURM_ARRAY_JOB_ID", env.get("SLURM_JOB_ID", "0"))
+        task = env.get("SLURM_ARRAY_TASK_ID", "0")
+        port = env.get("MASTER_PORT") or str(port_from_job_id(job_id, task))
+        return DistEnv(
+            rank=_int(env, "SLURM_PROCID"), local_rank=_int(env, "SLURM_LOCALID"),
+            world_size=_int(env, "SLURM_NTASKS"),
+            master_addr=env.get("MASTER_ADDR") or first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
+            master_port=int(port), launcher="slurm",
+        )
+    if slurm and "SLURM_STEP_ID" in env:
+        missing = ", ".join(k for k in SLURM_KEYS if k not in env)
+        raise UserError(f"partial SLURM task environment: {missing} missing")
+    return DistEnv(0, 0, 1, "127.0.0.1", _int(env, "MASTER_PORT", 0) or _free_port(), "single")
+
+
+def port_from_job_id(job_id: str, task_id: str = "0") -> int:
+    """A port every task of a job derives alike, spread so concurrent jobs on a node rarely collide."""
+    digits = int(re.sub(r"\D", "", f"{job_id}{task_id}") or 0)
+    return PORT_BASE + digits % PORT_SPAN
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: `scontrol show hostnames` when present, else parsed here."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.split()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    head = re.split(r",(?![^\[]*\])", nodelist)[0]  # first comma-separated entry outside brackets
+    match = re.match(r"([^\[]*)\[([^\]]+)\]", head)
+    if not match:
+        return head
+    first = match.group(2).split(",")[0].split("-")[0]
+    return match.group(1) + first
+
+
+def select_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError("train.device=cuda but no CUDA device is available")
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)  # before init_process_group, so NCCL binds the right GPU
+        return device
+    return torch.device("cpu")
+
+
+def init_process_group(env: DistEnv, device: torch.device, backend: str, timeout_s: float) -> None:
+    """Form the group (also for one process, so the code path is the same everywhere)."""
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    os.environ.setdefault("MASTER_ADDR", env.master_addr)
+    os.environ.setdefault("MASTER_PORT", str(env.master_port))
+    kwargs = {}
+    if backend == "nccl":
+        kwargs["device_id"] = device
+    dist.init_process_group(
+        backend=backend, rank=env.rank, world_size=env.world_size,
+        timeout=datetime.timedelta(seconds=timeout_s), **kwargs,
+    )
+
+
+def close_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _int(env, key: str, default: int | None = None) -> int:
+    value = env.get(key)
+    if value is None or value == "":
+        if default is None:
+            raise UserError(f"environment variable {key} is not set")
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"environment variable {key}={value!r} is not an integer") from None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
