@@ -170,6 +170,10 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
+    def __post_init__(self):
+        _require(not (self.train.patience and self.data.val_fraction == 0),
+                 "data.val_fraction=0 leaves no validation part, but early stopping (train.patience > 0) needs one")
+
 
 def _require(condition: bool, message: str) -> None:
     if not condition:

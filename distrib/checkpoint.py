@@ -1,0 +1,66 @@
+"""Checkpoints: a dict of parts under constant keys, written by rank 0 atomically (temp file, fsync,
+rename), the previous good one kept, and loaded with a fallback when the newest is cut off or corrupt.
+
+Layout in run.dir/checkpoints/: last.pt (newest), last.1.pt (the one before, when keep >= 2), best.pt.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("distrib")
+
+KEYS = ("model", "optimizer", "scheduler", "early_stopping", "progress", "rng", "config")
+
+
+def atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def save_last(state: dict, ckpt_dir: Path, keep: int = 2) -> None:
+    """Rotate last.pt -> last.1.pt ... so a write cut off midway never costs the only good checkpoint."""
+    last = ckpt_dir / "last.pt"
+    for i in range(keep - 1, 0, -1):
+        older = ckpt_dir / (f"last.{i - 1}.pt" if i > 1 else "last.pt")
+        if older.exists():
+            os.replace(older, ckpt_dir / f"last.{i}.pt")
+    atomic_save(state, last)
+
+
+def candidates(ckpt_dir: Path) -> list[Path]:
+    found = [ckpt_dir / "last.pt"] + sorted(ckpt_dir.glob("last.[0-9]*.pt"), key=lambda p: int(p.stem.split(".")[1]))
+    return [p for p in found if p.exists()]
+
+
+def load_latest(ckpt_dir: Path) -> tuple[dict | None, Path | None]:
+    """The newest checkpoint that loads; a corrupt one is reported and skipped."""
+    for path in candidates(ckpt_dir):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if not isinstance(state, dict) or "model" not in state or "progress" not in state:
+                raise ValueError("missing model or progress")
+            return state, path
+        except Exception as err:  # a truncated zip raises RuntimeError, a garbled pickle others
+            log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, type(err).__name__)
+    return None, None
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,252 @@
+"""Experiment tracking: one W&B run per job, created by global rank 0; every other rank gets a tracker
+whose methods do nothing, so the training loop has no `if rank == 0` branches and never imports wandb.
+
+    tracker = build_tracker(cfg.tracking, run_dir, to_dict(cfg), env.is_main)
+    tracker.log_step(step, {"train/loss": ..., "train/lr": ...})
+    tracker.log_epoch(step, {"epoch": 3, "val/rmse": ..., "train/loss": ...})
+    tracker.close(exit_code)
+
+W&B files live in `run_dir/wandb/`. The run id is kept in `run_dir/wandb_run_id` and passed back with
+`resume="allow"`, so a resumed or requeued job continues the same run. `tracking.mode=online` without an
+API key (no WANDB_API_KEY, no netrc entry for the W&B host) falls back to offline with a one-line notice;
+upload an offline run once the job has finished (syncing a run still being written uploads an empty file):
+
+    wandb sync RUN_DIR/wandb/offline-run-*
+
+Steps: the trainer passes its global training step, restored from the checkpoint on resume, so steps keep
+increasing. W&B drops rows whose step goes back; the tracker drops them itself, with one warning, and
+records the last step logged in `run_dir/wandb_last_step` so the guard also holds across restarts.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import netrc
+import os
+import re
+import secrets
+import string
+from pathlib import Path
+from urllib.parse import urlparse
+
+from distrib.config import TrackingConfig
+
+log = logging.getLogger("distrib")
+
+RUN_ID_FILE = "wandb_run_id"
+LAST_STEP_FILE = "wandb_last_step"
+DEFAULT_HOST = "https://api.wandb.ai"
+EPOCH_AXIS_GLOBS = ("val/*", "test/*", "time/*", "throughput/*", "dist/*", "train_epoch/*")
+MIN_SUMMARY_METRICS = ("val/rmse", "val/mae", "val/loss")
+EMBEDDING_TABLE_ROWS = 1000
+
+
+class NullTracker:
+    """The tracker of non-main ranks and of `tracking.mode=disabled`: every method does nothing."""
+
+    enabled = False
+    run_id: str | None = None
+
+    def log_step(self, step: int, metrics: dict) -> None:
+        pass
+
+    def log_epoch(self, step: int, metrics: dict) -> None:
+        pass
+
+    def log_images(self, step: int, images: dict) -> None:
+        pass
+
+    def log_table_embeddings(self, step: int, vectors, titles, genres=None, counts=None,
+                             key: str = "embeddings/movies", max_rows: int = EMBEDDING_TABLE_ROWS) -> None:
+        pass
+
+    def set_summary(self, summary: dict) -> None:
+        pass
+
+    def log_artifact(self, path: Path, name: str, type: str = "model") -> None:  # noqa: A002 (W&B's word)
+        pass
+
+    def close(self, exit_code: int = 0) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(0 if exc_type is None else 1)
+
+
+Tracker = NullTracker  # the interface every tracker implements
+
+
+def build_tracker(cfg: TrackingConfig, run_dir: Path, config: dict, is_main: bool) -> NullTracker:
+    """The W&B tracker on the main rank, unless tracking is disabled; a null tracker everywhere else."""
+    if not is_main or cfg.mode == "disabled":
+        return NullTracker()
+    mode = cfg.mode
+    if mode == "online" and not has_api_key():
+        print("distrib: no W&B API key (WANDB_API_KEY or netrc): tracking offline; "
+              f"upload later with `wandb sync {Path(run_dir) / 'wandb'}/offline-run-*`", flush=True)
+        mode = "offline"
+    return WandbTracker(cfg, Path(run_dir), config, mode)
+
+
+def has_api_key() -> bool:
+    """Whether W&B could authenticate without prompting: WANDB_API_KEY, an identity token, or netrc."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", DEFAULT_HOST)).hostname or ""
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc")).expanduser()
+    try:
+        return bool(path.is_file() and netrc.netrc(path).authenticators(host))
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def load_or_create_run_id(run_dir: Path) -> str:
+    """The run id saved in the run directory, or a new one saved there before the run starts."""
+    path = run_dir / RUN_ID_FILE
+    if path.exists():
+        run_id = path.read_text().strip()
+        if run_id:
+            return run_id
+    alphabet = string.ascii_lowercase + string.digits
+    run_id = "".join(secrets.choice(alphabet) for _ in range(8))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(run_id + "\n")
+    tmp.replace(path)
+    return run_id
+
+
+def artifact_name(name: str) -> str:
+    """W&B artifact names allow letters, digits, '-', '_' and '.'."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "artifact"
+
+
+class WandbTracker(NullTracker):
+    """One W&B run, created on the main rank; wandb is imported here and nowhere else."""
+
+    enabled = True
+
+    def __init__(self, cfg: TrackingConfig, run_dir: Path, config: dict, mode: str):
+        import wandb
+
+        self._wandb = wandb
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_id = load_or_create_run_id(run_dir)
+        self.mode = mode
+        self._closed = False
+        self._warned_step = False
+        self.run = wandb.init(
+            project=cfg.project, entity=cfg.entity or None, group=cfg.group or None,
+            name=cfg.name or None, tags=list(cfg.tags) or None, mode=mode, dir=str(run_dir),
+            id=self.run_id, resume="allow", config=config, settings=_quiet_settings(wandb),
+        )
+        # Online, a resumed run reports the server's next step; offline it starts at 0, hence the file.
+        self._last_step = max(_read_int(run_dir / LAST_STEP_FILE, -1), int(self.run.step or 0) - 1)
+        self._define_metrics()
+
+    def _define_metrics(self) -> None:
+        self.run.define_metric("epoch")
+        for glob in EPOCH_AXIS_GLOBS:
+            self.run.define_metric(glob, step_metric="epoch")
+        for name in MIN_SUMMARY_METRICS:
+            self.run.define_metric(name, step_metric="epoch", summary="min")
+
+    def _accept(self, step: int) -> bool:
+        step = int(step)
+        if step < self._last_step:
+            if not self._warned_step:
+                log.warning("W&B: step %d is below the last logged step %d; dropping such rows", step,
+                            self._last_step)
+                self._warned_step = True
+            return False
+        self._last_step = step
+        return True
+
+    def log_step(self, step: int, metrics: dict) -> None:
+        if self._accept(step):
+            self.run.log(dict(metrics), step=int(step))
+
+    def log_epoch(self, step: int, metrics: dict) -> None:
+        """Per-epoch metrics, plotted against `epoch`. `train/*` keys become `train_epoch/*` so the epoch
+        mean does not interleave with the per-step series of the same name; text values (the device)
+        go to the summary, since history rows hold numbers."""
+        numbers, text = {}, {}
+        for key, value in metrics.items():
+            if key.startswith("train/"):
+                key = "train_epoch/" + key[len("train/"):]
+            (numbers if isinstance(value, (int, float)) else text)[key] = value
+        if text:
+            self.run.summary.update(text)
+        if self._accept(step):
+            self.run.log(numbers, step=int(step))
+
+    def log_images(self, step: int, images: dict) -> None:
+        """`{"plots/learning_curves": Path(...png)}`: each existing file as a W&B image."""
+        logged = {key: self._wandb.Image(str(path)) for key, path in images.items() if Path(path).is_file()}
+        for key in images.keys() - logged.keys():
+            log.warning("W&B: image %s not found at %s; skipped", key, images[key])
+        if logged and self._accept(step):
+            self.run.log(logged, step=int(step))
+
+    def log_table_embeddings(self, step: int, vectors, titles, genres=None, counts=None,
+                             key: str = "embeddings/movies", max_rows: int = EMBEDDING_TABLE_ROWS) -> None:
+        """A table of movie embeddings (title, genres, vector) for W&B's embedding projector: the
+        `max_rows` most-rated movies when `counts` is given, else the first `max_rows`."""
+        import numpy as np
+
+        vectors = np.asarray(vectors, dtype=np.float32)
+        order = np.arange(len(vectors)) if counts is None else np.argsort(-np.asarray(counts), kind="stable")
+        rows = [[str(titles[i]), str(genres[i]) if genres is not None else "", vectors[i].tolist()]
+                for i in order[:max_rows]]
+        table = self._wandb.Table(columns=["title", "genres", "embedding"], data=rows)
+        if self._accept(step):
+            self.run.log({key: table}, step=int(step))
+
+    def set_summary(self, summary: dict) -> None:
+        """Final values (test RMSE/MAE, best val RMSE, epochs run, stopped early); None and NaN skipped."""
+        for key, value in summary.items():
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            self.run.summary[key] = value
+
+    def log_artifact(self, path: Path, name: str, type: str = "model") -> None:  # noqa: A002
+        path = Path(path)
+        artifact = self._wandb.Artifact(artifact_name(name), type=type)
+        if path.is_dir():
+            artifact.add_dir(str(path))
+        else:
+            artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
+
+    def close(self, exit_code: int = 0) -> None:
+        """Finish the run (idempotent). Offline, say how to upload it."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._last_step >= 0:
+            (self.run_dir / LAST_STEP_FILE).write_text(f"{self._last_step}\n")
+        self.run.finish(exit_code=exit_code)
+        if self.mode == "offline":
+            print(f"distrib: W&B run {self.run_id} saved offline; upload it with "
+                  f"`wandb sync {self.run_dir / 'wandb'}/offline-run-*`", flush=True)
+
+
+def _quiet_settings(wandb):
+    """No console capture (SLURM logs stay ours), no system-stats sampler, no git or pip snapshot."""
+    wanted = {"console": "off", "quiet": True, "disable_git": True, "save_code": False,
+              "x_disable_stats": True, "x_disable_machine_info": True, "x_save_requirements": False,
+              "init_timeout": 120.0}
+    known = set(getattr(wandb.Settings, "model_fields", {}))
+    if not known:  # an older wandb without pydantic fields: pass only what every version takes
+        wanted = {"console": "off", "quiet": True, "_disable_stats": True}
+    return wandb.Settings(**{k: v for k, v in wanted.items() if not known or k in known})
+
+
+def _read_int(path: Path, default: int) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return default

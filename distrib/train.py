@@ -1,0 +1,120 @@
+"""The training entry point.
+
+    python -m distrib.train [CONFIG.yaml] [key=value ...]                      # one process
+    torchrun --standalone --nproc_per_node=N -m distrib.train [CONFIG] [...]   # N ranks, same code
+
+Fixed lifecycle: parse and validate the config (before any process group), resolve the launcher's
+environment, form the group, build, train, and always tear the group down.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from distrib.config import Config, dump_yaml, load_config, to_dict
+from distrib.data import load_dataset
+from distrib.distributed import DistEnv, close_process_group, init_process_group, resolve_env, select_device
+from distrib.errors import UserError, exit_on_user_error
+from distrib.rundir import RunDir
+
+log = logging.getLogger("distrib")
+USAGE = "usage: python -m distrib.train [CONFIG.yaml] [key=value ...]"
+
+
+def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        sys.exit(0)
+    config_path = None
+    if argv and "=" not in argv[0]:
+        config_path, argv = argv[0], argv[1:]
+    for item in argv:
+        if "=" not in item:
+            raise UserError(f"argument {item!r}: expected key=value (only the first argument may be a config file)")
+    return config_path, list(argv)
+
+
+def check_world(cfg: Config, env: DistEnv) -> None:
+    if cfg.train.batch_size < env.world_size:
+        raise UserError(f"train.batch_size={cfg.train.batch_size} is smaller than the world size {env.world_size}: "
+                        "every rank needs at least one rating per step")
+
+
+def setup_logging(env: DistEnv) -> None:
+    # Other ranks stay quiet: warnings and errors only, tagged with their rank.
+    fmt = "%(message)s" if env.is_main else f"[rank {env.rank}] %(levelname)s %(message)s"
+    logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING, format=fmt, stream=sys.stdout,
+                        force=True)
+
+
+def agree(error: str | None) -> None:
+    """Rank 0's verdict (e.g. on the run directory) reaches every rank, so all exit together."""
+    if dist.is_initialized():
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise UserError(error)
+
+
+def run(cfg: Config, env: DistEnv, device) -> dict:
+    from distrib.trainer import Trainer
+    from distrib.tracking import build_tracker
+
+    run_dir = RunDir(cfg.run.dir)
+    error = None
+    if env.is_main:
+        try:
+            run_dir.open()
+            run_dir.write_text("config.yaml", dump_yaml(cfg))
+        except UserError as err:
+            error = str(err)
+    agree(error)
+    tracker = None
+    try:
+        data = load_dataset(cfg.data)
+        log.info("%s | world size %d on %s (%s)", data.description, env.world_size, device, env.launcher)
+        tracker = build_tracker(cfg.tracking, run_dir.path, to_dict(cfg), env.is_main)
+        trainer = Trainer(cfg, env, device, data, run_dir, tracker)
+        summary = trainer.fit()
+        if env.is_main:
+            from distrib.report import finish_run
+
+            finish_run(trainer, tracker, summary)
+        log.info("done: %s", ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                        for k, v in summary.items()))
+        if tracker is not None:
+            tracker.close(0)
+        return summary
+    except BaseException:
+        if tracker is not None:
+            tracker.close(1)
+        raise
+    finally:
+        run_dir.close()
+
+
+@record
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    config_path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = load_config(config_path, overrides)
+    env = resolve_env()
+    check_world(cfg, env)
+    setup_logging(env)
+    device = select_device(cfg.train.device, env.local_rank)
+    init_process_group(env, device, cfg.dist.backend, cfg.dist.timeout_s)
+    try:
+        if env.is_main:
+            log.info("resolved config:\n%s", dump_yaml(cfg))
+        run(cfg, env, device)
+    finally:
+        close_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""The training loop: DDP around EmbeddingNet, sharded batches from device-resident data, the scaled and
+restarting LR schedule, exact sharded validation, synced early stopping, checkpoints and resume.
+
+Loss: the article's summed MSE. Each rank's loss is its local sum times the world size, so DDP's gradient
+average equals the gradient of the sum over the whole global batch, whatever the world size.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from distrib import checkpoint as ckpt
+from distrib.config import Config, to_dict
+from distrib.data import PreparedData, RatingSplit
+from distrib.distributed import DistEnv
+from distrib.early_stopping import EarlyStopping
+from distrib.model import build_model
+from distrib.progress import EpochProgress
+from distrib.rundir import RunDir
+from distrib.sampler import epoch_permutation, rank_batches, shard_bounds, steps_per_epoch
+from distrib.schedule import build_scheduler, scaled_lr
+
+log = logging.getLogger("distrib")
+EVAL_BATCH = 65536
+
+
+@dataclass
+class DeviceSplit:
+    users: torch.Tensor
+    items: torch.Tensor
+    ratings: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.ratings.shape[0])
+
+
+@dataclass
+class Progress:
+    epoch: int = 0  # the next epoch to run (never the one just finished: resume must not repeat it)
+    step: int = 0  # global optimizer steps taken
+
+
+def to_device(split: RatingSplit, device: torch.device) -> DeviceSplit:
+    """On CPU the memory-mapped cache is used in place (pages shared between ranks); on GPU it is copied once."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # read-only memmap: we never write to it
+        tensors = [torch.from_numpy(np.asarray(a)) for a in (split.users, split.items, split.ratings)]
+    if device.type != "cpu":
+        tensors = [t.to(device, non_blocking=True) for t in tensors]
+    return DeviceSplit(*tensors)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, env: DistEnv, device: torch.device, data: PreparedData, run: RunDir, tracker):
+        self.cfg, self.env, self.device, self.data, self.run, self.tracker = cfg, env, device, data, run, tracker
+        self.train_split = to_device(data.train, device)
+        self.val_split = to_device(data.val, device)
+        self.steps_per_epoch = steps_per_epoch(len(self.train_split), cfg.train.batch_size)
+        torch.manual_seed(cfg.train.seed)  # the same initial weights whatever the world size
+        self.model = build_model(cfg.model, data.n_users, data.n_items, data.rating_min, data.rating_max).to(device)
+        self.optimizer = build_optimizer(self.model, cfg, device)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
+        self.early = EarlyStopping(cfg.train.patience)
+        self.progress = Progress()
+        self.metrics: list[dict] = []
+        self.lr_trace: list[tuple[int, float]] = []
+        self._resume()  # before the DDP wrap, so every rank starts from the loaded weights
+        self.ddp = wrap_ddp(self.model, device)
+        self.forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
+        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
+                         if cfg.train.precision == "bf16" else nullcontext())
+
+    # ---- resume -------------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        state, path = ckpt.load_latest(self.run.checkpoints)
+        if state is None:
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.early.load_state_dict(state["early_stopping"])
+        self.progress = Progress(**state["progress"])
+        self.lr_trace = list(state.get("lr_trace", []))
+        # Rows of epochs after the checkpoint were written by a run that died before saving: drop them.
+        self.metrics = [row for row in self.run.read_metrics() if row["epoch"] < self.progress.epoch]
+        log.info("resumed from %s at epoch %d (step %d)", path, self.progress.epoch, self.progress.step)
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "early_stopping": self.early.state_dict(),
+            "progress": vars(self.progress).copy(),
+            # Dropout masks are re-seeded from (seed, rank, epoch) at each epoch start, so this state is
+            # informative: resuming at an epoch boundary reproduces every rank's stream exactly.
+            "rng": {"torch": torch.get_rng_state(), "seed": self.cfg.train.seed},
+            "lr_trace": self.lr_trace,
+            "config": to_dict(self.cfg),
+            "data": {"n_users": self.data.n_users, "n_items": self.data.n_items,
+                     "rating_min": self.data.rating_min, "rating_max": self.data.rating_max},
+        }
+
+    # ---- the loop -----------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.cfg.train
+        if self.progress.epoch > 0 and (self.early.should_stop or self.progress.epoch >= cfg.epochs):
+            log.info("run already finished at epoch %d", self.progress.epoch)
+        while self.progress.epoch < cfg.epochs and not self.early.should_stop:
+            self._run_epoch(self.progress.epoch)
+        return self.finish()
+
+    def _run_epoch(self, epoch: int) -> None:
+        started = time.perf_counter()
+        train_loss = self._train_epoch(epoch)
+        val = self.evaluate(self.val_split)
+        seconds = time.perf_counter() - started
+        improved = self.early.observe(epoch, val["mse"])  # val["mse"] is already the all-reduced global loss
+        row = {
+            "epoch": epoch, "train_loss": train_loss, "val_rmse": val["rmse"], "val_mae": val["mae"],
+            "val_loss": val["mse"], "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
+            "samples_per_s": self.steps_per_epoch * self.cfg.train.batch_size / seconds, "step": self.progress.step,
+        }
+        self.progress = Progress(epoch=epoch + 1, step=self.progress.step)
+        self.metrics.append(row)
+        self._save(improved)
+        self._report(row, improved)
+
+    def _train_epoch(self, epoch: int) -> float:
+        cfg, env = self.cfg.train, self.env
+        torch.manual_seed(_seed_for(cfg.seed, env.rank, epoch))  # dropout masks: distinct per rank, replayable
+        self.ddp.train()
+        perm = epoch_permutation(len(self.train_split), cfg.seed, epoch, self.device)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        bar = EpochProgress(self.env.is_main, self.steps_per_epoch, f"epoch {epoch + 1}")
+        split = self.train_split
+        for idx in rank_batches(perm, cfg.batch_size, env.rank, env.world_size):
+            with self.autocast:
+                pred = self.forward(split.users[idx], split.items[idx])
+            sq_sum = (pred.float() - split.ratings[idx]).pow(2).sum()
+            self.optimizer.zero_grad(set_to_none=True)
+            (sq_sum * env.world_size).backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            total += sq_sum.detach()
+            self.progress.step += 1
+            bar.update()
+            if self.progress.step % cfg.log_every_steps == 0:  # the only host sync inside the epoch
+                self._log_step(sq_sum, idx.numel())
+        bar.close()
+        return self._global_mean(total, self.steps_per_epoch * cfg.batch_size)
+
+    def _log_step(self, sq_sum: torch.Tensor, n: int) -> None:
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.lr_trace.append((self.progress.step, lr))
+        if self.env.is_main:
+            self.tracker.log_step(self.progress.step, {"train/loss": sq_sum.item() / max(n, 1), "train/lr": lr})
+
+    def _global_mean(self, local_sum: torch.Tensor, global_count: int) -> float:
+        if dist.is_initialized():
+            dist.all_reduce(local_sum, op=dist.ReduceOp.SUM)
+        return float(local_sum.item()) / max(global_count, 1)
+
+    @torch.no_grad()
+    def evaluate(self, split: DeviceSplit, model: torch.nn.Module | None = None) -> dict:
+        """Exact RMSE/MAE over the whole split: unpadded shards, all-reduced sums and counts."""
+        model = model or self.model
+        model.eval()
+        lo, hi = shard_bounds(len(split), self.env.rank, self.env.world_size)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for start in range(lo, hi, EVAL_BATCH):
+            stop = min(start + EVAL_BATCH, hi)
+            with self.autocast:
+                pred = model(split.users[start:stop], split.items[start:stop])
+            err = pred.float() - split.ratings[start:stop]
+            sums += torch.stack([err.pow(2).sum(), err.abs().sum(), torch.tensor(stop - start, device=self.device)]).double()
+        if dist.is_initialized():
+            dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+        sq, ab, count = sums.tolist()
+        if count == 0:
+            return {"mse": math.nan, "rmse": math.nan, "mae": math.nan, "count": 0}
+        return {"mse": sq / count, "rmse": math.sqrt(sq / count), "mae": ab / count, "count": int(count)}
+
+    # ---- outputs ------------------------------------------------------------------------------------
+    def _save(self, improved: bool) -> None:
+        if self.env.is_main:
+            self.run.write_metrics(self.metrics)  # first: a death before the checkpoint replays this epoch
+            state = self.state_dict()
+            if improved:
+                ckpt.atomic_save(state, self.run.checkpoints / "best.pt")
+            ckpt.save_last(state, self.run.checkpoints, keep=self.cfg.run.keep_checkpoints)
+        if dist.is_initialized():
+            dist.barrier()
+
+    def _report(self, row: dict, improved: bool) -> None:
+        if not self.env.is_main:
+            return
+        mark = " *" if improved else ""
+        log.info("[%03d/%03d] train: %.4f - val: %.4f - val_rmse: %.4f - %.1fs - %.0f samples/s%s",
+                 row["epoch"] + 1, self.cfg.train.epochs, row["train_loss"], row["val_loss"], row["val_rmse"],
+                 row["epoch_seconds"], row["samples_per_s"], mark)
+        self.tracker.log_epoch(self.progress.step, {
+            "epoch": row["epoch"] + 1, "train/loss": row["train_loss"], "val/rmse": row["val_rmse"],
+            "val/mae": row["val_mae"], "val/loss": row["val_loss"], "time/epoch_s": row["epoch_seconds"],
+            "throughput/samples_per_s": row["samples_per_s"], "dist/world_size": self.env.world_size,
+            "device": self.device.type,
+        })
+
+    def finish(self) -> dict:
+        best_model = self._load_best()
+        summary = {
+            "best_val_rmse": math.sqrt(self.early.best) if math.isfinite(self.early.best) else None,
+            "best_epoch": self.early.best_epoch + 1,
+            "epochs_run": self.progress.epoch,
+            "stopped_early": bool(self.early.should_stop),
+            "world_size": self.env.world_size,
+            "device": self.device.type,
+            "steps": self.progress.step,
+        }
+        if self.data.test is not None and len(self.data.test):
+            test = self.evaluate(to_device(self.data.test, self.device), best_model)
+            summary.update(test_rmse=test["rmse"], test_mae=test["mae"])
+        if self.env.is_main:
+            self.run.write_json("summary.json", summary)
+        return summary
+
+    def _load_best(self) -> torch.nn.Module:
+        best_path = self.run.checkpoints / "best.pt"
+        if not best_path.exists():
+            return self.model
+        model = build_model(self.cfg.model, self.data.n_users, self.data.n_items,
+                            self.data.rating_min, self.data.rating_max).to(self.device)
+        model.load_state_dict(torch.load(best_path, map_location=self.device, weights_only=False)["model"])
+        return model
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    fused = device.type == "cuda"  # one kernel for the whole update where the device has it
+    return torch.optim.Adam(model.parameters(), lr=scaled_lr(cfg.train), weight_decay=cfg.train.weight_decay,
+                            fused=fused or None)
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    if not dist.is_initialized():
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def _seed_for(seed: int, rank: int, epoch: int) -> int:
+    return (seed * 1_000_003 + rank * 10_007 + epoch * 101 + 1) % (2**63 - 1)
