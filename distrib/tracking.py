@@ -14,11 +14,15 @@ upload an offline run once the job has finished (syncing a run still being writt
     wandb sync RUN_DIR/wandb/offline-run-*
 
 Steps: the trainer passes its global training step, restored from the checkpoint on resume, so steps keep
-increasing. W&B drops rows whose step goes back; the tracker drops them itself, with one warning, and
-records the last step logged in `run_dir/wandb_last_step` so the guard also holds across restarts.
+increasing. W&B drops rows whose step goes back; the tracker drops them itself, with one warning.
+
+`define_metric(..., summary="min")` keeps the best val RMSE of the process that logged it, but an offline
+resumed run starts its summary afresh, so the tracker also keeps `best/val_rmse` (and mae, loss) itself.
+The last step and these minima persist in `run_dir/wandb_state.json`, so both hold across restarts.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import netrc
@@ -34,7 +38,7 @@ from distrib.config import TrackingConfig
 log = logging.getLogger("distrib")
 
 RUN_ID_FILE = "wandb_run_id"
-LAST_STEP_FILE = "wandb_last_step"
+STATE_FILE = "wandb_state.json"
 DEFAULT_HOST = "https://api.wandb.ai"
 EPOCH_AXIS_GLOBS = ("val/*", "test/*", "time/*", "throughput/*", "dist/*", "train_epoch/*")
 MIN_SUMMARY_METRICS = ("val/rmse", "val/mae", "val/loss")
@@ -144,7 +148,9 @@ class WandbTracker(NullTracker):
             id=self.run_id, resume="allow", config=config, settings=_quiet_settings(wandb),
         )
         # Online, a resumed run reports the server's next step; offline it starts at 0, hence the file.
-        self._last_step = max(_read_int(run_dir / LAST_STEP_FILE, -1), int(self.run.step or 0) - 1)
+        state = _read_state(run_dir / STATE_FILE)
+        self._last_step = max(int(state.get("last_step", -1)), int(self.run.step or 0) - 1)
+        self._best = {k: float(v) for k, v in state.get("best", {}).items()}
         self._define_metrics()
 
     def _define_metrics(self) -> None:
@@ -178,10 +184,22 @@ class WandbTracker(NullTracker):
             if key.startswith("train/"):
                 key = "train_epoch/" + key[len("train/"):]
             (numbers if isinstance(value, (int, float)) else text)[key] = value
-        if text:
-            self.run.summary.update(text)
-        if self._accept(step):
-            self.run.log(numbers, step=int(step))
+        if not self._accept(step):
+            return
+        for name in MIN_SUMMARY_METRICS:
+            value = numbers.get(name)
+            if value is not None and math.isfinite(value) and value < self._best.get(name, math.inf):
+                self._best[name] = float(value)
+        text.update({"best/" + name.replace("/", "_"): v for name, v in self._best.items()})
+        self.run.summary.update(text)
+        self.run.log(numbers, step=int(step))
+        self._save_state()
+
+    def _save_state(self) -> None:
+        path = self.run_dir / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"run_id": self.run_id, "last_step": self._last_step, "best": self._best}))
+        tmp.replace(path)
 
     def log_images(self, step: int, images: dict) -> None:
         """`{"plots/learning_curves": Path(...png)}`: each existing file as a W&B image."""
@@ -226,8 +244,7 @@ class WandbTracker(NullTracker):
         if self._closed:
             return
         self._closed = True
-        if self._last_step >= 0:
-            (self.run_dir / LAST_STEP_FILE).write_text(f"{self._last_step}\n")
+        self._save_state()
         self.run.finish(exit_code=exit_code)
         if self.mode == "offline":
             print(f"distrib: W&B run {self.run_id} saved offline; upload it with "
@@ -245,8 +262,9 @@ def _quiet_settings(wandb):
     return wandb.Settings(**{k: v for k, v in wanted.items() if not known or k in known})
 
 
-def _read_int(path: Path, default: int) -> int:
+def _read_state(path: Path) -> dict:
     try:
-        return int(path.read_text().strip())
+        state = json.loads(path.read_text())
     except (OSError, ValueError):
-        return default
+        return {}
+    return state if isinstance(state, dict) else {}
