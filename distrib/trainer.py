@@ -170,25 +170,8 @@ class Trainer:
             dist.all_reduce(local_sum, op=dist.ReduceOp.SUM)
         return float(local_sum.item()) / max(global_count, 1)
 
-    @torch.no_grad()
     def evaluate(self, split: DeviceSplit, model: torch.nn.Module | None = None) -> dict:
-        """Exact RMSE/MAE over the whole split: unpadded shards, all-reduced sums and counts."""
-        model = model or self.model
-        model.eval()
-        lo, hi = shard_bounds(len(split), self.env.rank, self.env.world_size)
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-        for start in range(lo, hi, EVAL_BATCH):
-            stop = min(start + EVAL_BATCH, hi)
-            with self.autocast:
-                pred = model(split.users[start:stop], split.items[start:stop])
-            err = pred.float() - split.ratings[start:stop]
-            sums += torch.stack([err.pow(2).sum(), err.abs().sum(), torch.tensor(stop - start, device=self.device)]).double()
-        if dist.is_initialized():
-            dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-        sq, ab, count = sums.tolist()
-        if count == 0:
-            return {"mse": math.nan, "rmse": math.nan, "mae": math.nan, "count": 0}
-        return {"mse": sq / count, "rmse": math.sqrt(sq / count), "mae": ab / count, "count": int(count)}
+        return sharded_metrics(model or self.model, split, self.env.rank, self.env.world_size, self.autocast)
 
     # ---- outputs ------------------------------------------------------------------------------------
     def _save(self, improved: bool) -> None:
@@ -241,6 +224,29 @@ class Trainer:
                             self.data.rating_min, self.data.rating_max).to(self.device)
         model.load_state_dict(torch.load(best_path, map_location=self.device, weights_only=False)["model"])
         return model
+
+
+@torch.no_grad()
+def sharded_metrics(model: torch.nn.Module, split: DeviceSplit, rank: int, world_size: int, autocast=None) -> dict:
+    """Exact RMSE/MAE over the whole split: unpadded shards, all-reduced sums and counts."""
+    model.eval()
+    device = split.ratings.device
+    lo, hi = shard_bounds(len(split), rank, world_size)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for start in range(lo, hi, EVAL_BATCH):
+        stop = min(start + EVAL_BATCH, hi)
+        with autocast or nullcontext():
+            pred = model(split.users[start:stop], split.items[start:stop])
+        err = pred.float() - split.ratings[start:stop]
+        sums[0] += err.pow(2).sum()
+        sums[1] += err.abs().sum()
+        sums[2] += stop - start
+    if dist.is_initialized():
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    sq, ab, count = sums.tolist()
+    if count == 0:
+        return {"mse": math.nan, "rmse": math.nan, "mae": math.nan, "count": 0}
+    return {"mse": sq / count, "rmse": math.sqrt(sq / count), "mae": ab / count, "count": int(count)}
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
