@@ -50,11 +50,13 @@ def resolve_env(environ: dict | None = None) -> DistEnv:
         missing = ", ".join(k for k in TORCHRUN_KEYS if k not in env)
         raise UserError(f"partial torchrun environment: {', '.join(torchrun)} set but {missing} missing")
     slurm = [k for k in SLURM_KEYS if k in env]
-    # An sbatch allocation without srun has SLURM_JOB_ID but no SLURM_PROCID: that is a single process.
+    # Only an srun task is a rank. The batch shell itself (sbatch -n2) also has SLURM_PROCID=0,
+    # SLURM_LOCALID=0 and SLURM_NTASKS=2 (Slurm 22.05, checked), but no SLURM_STEP_ID: srun sets that
+    # (with SLURM_STEP_NUM_TASKS) only in a step's tasks. Without it, this is one process.
     if len(slurm) == len(SLURM_KEYS) and _int(env, "SLURM_NTASKS") >= 1 and "SLURM_STEP_ID" in env:
-        job_id = env.get("SLURM_ARRAY_JOB_ID", env.get("SLURM_JOB_ID", "0"))
-        task = env.get("SLURM_ARRAY_TASK_ID", "0")
-        port = env.get("MASTER_PORT") or str(port_from_job_id(job_id, task))
+        # SLURM_JOB_ID is unique per array member (the array's id is SLURM_ARRAY_JOB_ID) and stays
+        # the same across requeues, so the port is too.
+        port = env.get("MASTER_PORT") or str(port_from_job_id(env.get("SLURM_JOB_ID", "0")))
         return DistEnv(
             rank=_int(env, "SLURM_PROCID"), local_rank=_int(env, "SLURM_LOCALID"),
             world_size=_int(env, "SLURM_NTASKS"),
