@@ -1,0 +1,84 @@
+"""Shared test helpers: real subprocess launches (python -m, torchrun) and real gloo process groups."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "data.name=synthetic", "data.synthetic.n_users=300", "data.synthetic.n_items=200",
+    "data.synthetic.n_ratings=12000", "model.n_factors=8", "model.hidden=[32]", "model.dropouts=[0.1]",
+    "model.embedding_dropout=0.02", "train.batch_size=500", "train.epochs=3", "train.log_every_steps=5",
+    "dist.timeout_s=60",
+]
+
+
+def tiny(tmp_path: Path, run: str = "run", *extra: str) -> list[str]:
+    return TINY + [f"data.root={tmp_path / 'data'}", f"run.dir={tmp_path / run}", *extra]
+
+
+def clean_env(threads: int = 1) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "TORCHELASTIC_")) and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1", WANDB_MODE="offline", WANDB_SILENT="true")
+    return env
+
+
+def train_cli(args: list[str], nproc: int = 0, timeout: float = 300, env: dict | None = None,
+              extra_torchrun: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """nproc=0: plain `python -m distrib.train`; otherwise torchrun --standalone with nproc ranks."""
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               *extra_torchrun, "-m", "distrib.train", *args]
+    else:
+        cmd = [sys.executable, "-m", "distrib.train", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env or clean_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def check_ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def max_rel_diff(a: dict, b: dict) -> float:
+    return max(((a[k].float() - b[k].float()).abs().max() / a[k].float().abs().max().clamp_min(1e-12)).item()
+               for k in a)
+
+
+def _worker(rank: int, world_size: int, store_path: str, fn, args, results):
+    torch.set_num_threads(1)
+    store = dist.FileStore(store_path, world_size)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
+    try:
+        results[rank] = fn(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_ranks(fn, world_size: int, *args) -> list:
+    """Run fn(rank, world_size, *args) in world_size real processes joined by a gloo group; return results."""
+    with tempfile.TemporaryDirectory() as tmp, mp.Manager() as manager:
+        results = manager.dict()
+        mp.start_processes(_worker, args=(world_size, os.path.join(tmp, "store"), fn, args, results),
+                           nprocs=world_size, join=True, start_method="spawn")
+        return [results[r] for r in range(world_size)]
