@@ -1,0 +1,1 @@
+"""Launchers: the submitit launcher (`python -m launch.submit`); the sbatch templates live in slurm/."""
