@@ -51,6 +51,8 @@ class DataConfig:
     rating_max: float | None = None
     duplicates: str = "last"  # policy for repeated (user, item) pairs: last, first, mean, error
     base_url: str = "https://files.grouplens.org/datasets/movielens"
+    cache_dir: str = ""  # prepared caches; empty = data.root/cache (set it when data.root is read-only)
+    sha256: str = ""  # pins the download's SHA-256 where the built-in table has none (ml-10m, ml-32m, ml-latest)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self):
@@ -64,6 +66,8 @@ class DataConfig:
         _require(0.0 <= self.val_fraction < 1.0, "data.val_fraction must be in [0, 1)")
         _require(self.duplicates in ("last", "first", "mean", "error"),
                  "data.duplicates must be one of last, first, mean, error")
+        _require(self.rating_min is None or self.rating_max is None or self.rating_min < self.rating_max,
+                 "data.rating_min must be < data.rating_max")
 
 
 @dataclass

@@ -1,0 +1,84 @@
+"""Encoding, splits and the shared cache, end to end through load_dataset."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from distrib.config import SyntheticConfig
+from distrib.data import load_dataset
+
+from .conftest import cfg_for
+
+SMALL = SyntheticConfig(n_users=500, n_items=300, n_ratings=20_000, rank=4, seed=1)
+
+
+def _rows(split):
+    return set(zip(np.asarray(split.users).tolist(), np.asarray(split.items).tolist()))
+
+
+@pytest.mark.parametrize("split", ["random", "temporal"])
+def test_splits_partition_the_ratings(tmp_path, split):
+    data = load_dataset(cfg_for(tmp_path, synthetic=SMALL, split=split, test_fraction=0.2, val_fraction=0.1))
+    train, val, test = _rows(data.train), _rows(data.val), _rows(data.test)
+    assert not (train & val) and not (train & test) and not (val & test)
+    assert len(train) + len(val) + len(test) == SMALL.n_ratings
+    assert len(data.test) == pytest.approx(0.2 * SMALL.n_ratings, rel=0.02)
+    assert len(data.val) == round(0.1 * (SMALL.n_ratings - len(data.test)))
+    for part in (data.train, data.val, data.test):
+        assert part.users.dtype == np.int64 and part.ratings.dtype == np.float32
+        assert part.timestamps.dtype == np.int64
+        assert part.users.max() < data.n_users and part.items.max() < data.n_items
+
+
+def test_temporal_test_holds_each_users_latest(tmp_path):
+    data = load_dataset(cfg_for(tmp_path, synthetic=SMALL, split="temporal", val_fraction=0.0))
+    last_train = np.full(data.n_users, -1, np.int64)
+    np.maximum.at(last_train, np.asarray(data.train.users), np.asarray(data.train.timestamps))
+    first_test = np.full(data.n_users, 2**62, np.int64)
+    np.minimum.at(first_test, np.asarray(data.test.users), np.asarray(data.test.timestamps))
+    has_both = (last_train >= 0) & (first_test < 2**62)
+    assert has_both.sum() > 100
+    assert (last_train[has_both] <= first_test[has_both]).all()
+
+
+def test_no_test_part_and_no_val(tmp_path):
+    data = load_dataset(cfg_for(tmp_path, synthetic=SMALL, test_fraction=0.0, val_fraction=0.0))
+    assert data.test is None and len(data.val) == 0 and len(data.train) == SMALL.n_ratings
+
+
+def test_split_seed_changes_split_not_data(tmp_path):
+    a = load_dataset(cfg_for(tmp_path, synthetic=SMALL, split_seed=1))
+    b = load_dataset(cfg_for(tmp_path, synthetic=SMALL, split_seed=2))
+    assert a.cache_dir != b.cache_dir
+    assert _rows(a.test) != _rows(b.test)
+    assert np.array_equal(a.item_ids, b.item_ids)
+
+
+def test_encoding_is_first_appearance_order(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("30,7,1\n10,7,2\n30,9,3\n20,8,4\n")
+    data = load_dataset(cfg_for(tmp_path, name="file", path=str(path), test_fraction=0.0, val_fraction=0.0))
+    assert np.asarray(data.user_ids).tolist() == [30, 10, 20]
+    assert np.asarray(data.item_ids).tolist() == [7, 9, 8]
+    assert np.asarray(data.train.users).tolist() == [0, 1, 0, 2]
+
+
+def test_cache_is_reused_and_memory_mapped(tmp_path):
+    cfg = cfg_for(tmp_path, synthetic=SMALL)
+    first = load_dataset(cfg)
+    stamp = (first.cache_dir / "meta.json").stat().st_mtime_ns
+    second = load_dataset(cfg)
+    assert first.info["built"] and not second.info["built"]
+    assert second.cache_dir == first.cache_dir
+    assert (second.cache_dir / "meta.json").stat().st_mtime_ns == stamp
+    assert isinstance(second.train.users, np.memmap) and not second.train.users.flags.writeable
+    assert "synthetic: " in second.description and "train" in second.description
+
+
+def test_cache_key_follows_the_source_file(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("1,1,4\n2,1,3\n")
+    cfg = cfg_for(tmp_path, name="file", path=str(path), test_fraction=0.0, val_fraction=0.0)
+    assert len(load_dataset(cfg).train) == 2
+    path.write_text("1,1,4\n2,1,3\n3,2,5\n")
+    assert len(load_dataset(cfg).train) == 3
