@@ -240,12 +240,17 @@ class WandbTracker(NullTracker):
         self.run.log_artifact(artifact)
 
     def close(self, exit_code: int = 0) -> None:
-        """Finish the run (idempotent). Offline, say how to upload it."""
+        """Finish the run and wait until its files are written (idempotent). Offline, say how to upload."""
         if self._closed:
             return
         self._closed = True
         self._save_state()
         self.run.finish(exit_code=exit_code)
+        # finish() can return before the W&B service has flushed and closed the .wandb file; teardown
+        # waits for it, so the file is complete (and safe to `wandb sync`) once close() returns.
+        teardown = getattr(self._wandb, "teardown", None)
+        if teardown is not None:
+            teardown()
         if self.mode == "offline":
             print(f"distrib: W&B run {self.run_id} saved offline; upload it with "
                   f"`wandb sync {self.run_dir / 'wandb'}/offline-run-*`", flush=True)

@@ -20,7 +20,7 @@ from distrib.config import TrackingConfig  # noqa: E402
 from distrib.tracking import (  # noqa: E402
     RUN_ID_FILE, STATE_FILE, NullTracker, artifact_name, build_tracker, has_api_key,
 )
-from wandb_records import media_files, read_wandb_run  # noqa: E402
+from tests.wandb_records import media_files, read_wandb_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VAL_RMSE = [1.10, 0.95, 0.97]

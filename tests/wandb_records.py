@@ -5,7 +5,7 @@ after a 7-byte W&B header (`:W&B`, magic 0xBEE1, version 0); each logical record
 `wandb.proto.wandb_internal_pb2.Record`. wandb 0.31 ships no Python reader for it (its old
 `sdk/internal/datastore.py` went with the Go core), so this is one, checked against every chunk's CRC.
 
-    from wandb_records import read_wandb_run   # tests/ is on sys.path under pytest
+    from tests.wandb_records import read_wandb_run
     run = read_wandb_run(run_dir)   # every run-*.wandb under run_dir/wandb, oldest first
     run["run_ids"], run["config"], run["history"], run["summary"], run["files"], run["artifacts"]
 """

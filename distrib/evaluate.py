@@ -1,0 +1,179 @@
+"""Evaluate a finished run's checkpoint on a split: RMSE and MAE of the predicted ratings, and the top-10
+ranking metrics HR@10 and NDCG@10 (defined in `distrib.ranking`: each held-out rating >= 4 ranked
+against every movie the user has no known rating for).
+
+    python -m distrib.evaluate RUN_DIR [--split val|test] [--checkpoint best|last] [--max-users N] [--json]
+
+The run directory supplies everything: config.yaml (the resolved config, so the same data and model
+shape) and checkpoints/best.pt. Ranking scores every movie for every user; on the largest MovieLens sets
+that is billions of model calls, so it ranks a seeded sample of at most --max-users users (default 10000,
+0 for all) and says so. Also the loader `load_run` that `distrib.recommend` uses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distrib.errors import UserError, exit_on_user_error
+from distrib.ranking import RELEVANT_RATING, TOP_K, KnownItems, ranking_metrics
+
+PREDICT_BATCH = 65536  # (user, movie) pairs per forward pass
+MAX_RANKING_USERS = 10000
+SAMPLE_SEED = 0
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers, should one slip through
+
+
+@dataclass
+class LoadedRun:
+    cfg: object  # distrib.config.Config
+    model: torch.nn.Module  # in eval mode
+    data: object  # distrib.data.PreparedData
+    checkpoint: Path
+    device: torch.device
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedRun:
+    """The resolved config, the dataset it names, and the model with the checkpoint's weights."""
+    from distrib.config import load_config
+    from distrib.data import load_dataset
+    from distrib.model import build_model
+
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise UserError(f"{run_dir}: no config.yaml, not a distrib run directory")
+    ckpt_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if not ckpt_path.is_file():
+        raise UserError(f"{run_dir}: no checkpoint {ckpt_path.name} in checkpoints/ (has the run finished an epoch?)")
+    cfg = load_config(str(config_path))
+    weights = _read_weights(ckpt_path)
+    data = load_dataset(cfg.data)
+    model = build_model(cfg.model, data.n_users, data.n_items, data.rating_min, data.rating_max)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise UserError(f"{ckpt_path}: does not fit the model that {config_path.name} describes "
+                        f"({_first_mismatch(err)})") from None
+    torch_device = torch.device(device)
+    return LoadedRun(cfg, model.to(torch_device).eval(), data, ckpt_path, torch_device)
+
+
+def _read_weights(path: Path) -> dict:
+    try:
+        # A run directory is the user's own training output; its checkpoints hold RNG states (pickled).
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a truncated zip raises RuntimeError, a garbled pickle others
+        raise UserError(f"{path}: unreadable checkpoint ({type(err).__name__})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise UserError(f"{path}: not a distrib checkpoint (no 'model' state dict)")
+    weights = {}
+    for key, value in state["model"].items():
+        for prefix in WRAPPER_PREFIXES:
+            key = key[len(prefix):] if key.startswith(prefix) else key
+        weights[key] = value
+    return weights
+
+
+def _first_mismatch(err: RuntimeError) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 else lines[0] if lines else "state dict mismatch"
+    return detail.rstrip(".")[:200]
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, users, items, device: torch.device | str = "cpu") -> np.ndarray:
+    """Predicted ratings for parallel arrays of user and item indices, in batches."""
+    users = torch.from_numpy(np.array(users, dtype=np.int64))  # a copy: the data cache is read-only mmap
+    items = torch.from_numpy(np.array(items, dtype=np.int64))
+    out = np.empty(users.numel(), dtype=np.float32)
+    for start in range(0, users.numel(), PREDICT_BATCH):
+        u = users[start:start + PREDICT_BATCH].to(device)
+        i = items[start:start + PREDICT_BATCH].to(device)
+        out[start:start + PREDICT_BATCH] = model(u, i).float().cpu().numpy()
+    return out
+
+
+def score_all_items(model: torch.nn.Module, users, n_items: int, device: torch.device | str = "cpu") -> np.ndarray:
+    """(len(users), n_items) predicted ratings: every movie for each user, as one batched matrix."""
+    users = np.asarray(users, dtype=np.int64)
+    flat = predict(model, np.repeat(users, n_items), np.tile(np.arange(n_items), users.size), device)
+    return flat.reshape(users.size, n_items)
+
+
+def rating_metrics(model: torch.nn.Module, split, device: torch.device | str = "cpu") -> dict:
+    if split is None or len(split) == 0:
+        return {"rmse": math.nan, "mae": math.nan, "ratings": 0}
+    err = predict(model, split.users, split.items, device).astype(np.float64) - np.asarray(split.ratings)
+    return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err))), "ratings": len(split)}
+
+
+def evaluate_run(run: LoadedRun, split_name: str = "test", max_users: int = MAX_RANKING_USERS,
+                 k: int = TOP_K, relevant_rating: float = RELEVANT_RATING) -> dict:
+    data = run.data
+    split = getattr(data, split_name)
+    if split is None or len(split) == 0:
+        raise UserError(f"split {split_name!r} is empty in this run's data (data.split={run.cfg.data.split})")
+    result = {"split": split_name, "checkpoint": run.checkpoint.name}
+    result.update(rating_metrics(run.model, split, run.device))
+    known = KnownItems(data.n_users, data.n_items, data.train, data.val, data.test)
+    candidates = np.unique(np.asarray(split.users)[np.asarray(split.ratings) >= relevant_rating])
+    users = None
+    if 0 < max_users < candidates.size:
+        users = np.sort(np.random.default_rng(SAMPLE_SEED).choice(candidates, max_users, replace=False))
+    result.update(ranking_metrics(lambda chunk: score_all_items(run.model, chunk, data.n_items, run.device),
+                                  split, known, k=k, relevant_rating=relevant_rating, users=users))
+    result["ranking_sampled"] = users is not None
+    return result
+
+
+def format_result(result: dict, run_dir: Path, k: int = TOP_K) -> str:
+    sample = " (a seeded sample)" if result["ranking_sampled"] else ""
+    return "\n".join([
+        f"{run_dir}: {result['checkpoint']} on {result['split']} ({result['ratings']} ratings)",
+        f"  rmse {result['rmse']:.4f}   mae {result['mae']:.4f}",
+        f"  hr@{k} {result[f'hr@{k}']:.4f}   ndcg@{k} {result[f'ndcg@{k}']:.4f}   over {result['ranking_users']} users"
+        f"{sample}, {result['ranking_pairs']} held-out ratings >= {RELEVANT_RATING:g}, each ranked against "
+        f"all movies the user has not rated",
+    ])
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m distrib.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--split", choices=("val", "test"), default="test")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    parser.add_argument("--max-users", type=int, default=MAX_RANKING_USERS,
+                        help="rank at most this many users, a seeded sample (0: all)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    return parser.parse_args(argv)
+
+
+def pick_device(name: str) -> str:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device available")
+    return "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.max_users < 0:
+        raise UserError("--max-users must be >= 0")
+    run = load_run(args.run_dir, args.checkpoint, pick_device(args.device))
+    result = evaluate_run(run, args.split, args.max_users)
+    print(json.dumps(result) if args.json else format_result(result, args.run_dir), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
