@@ -237,7 +237,7 @@ def sharded_metrics(model: torch.nn.Module, split: DeviceSplit, rank: int, world
         stop = min(start + EVAL_BATCH, hi)
         with autocast or nullcontext():
             pred = model(split.users[start:stop], split.items[start:stop])
-        err = pred.float() - split.ratings[start:stop]
+        err = pred.double() - split.ratings[start:stop].double()  # float64 sums: equal for any sharding
         sums[0] += err.pow(2).sum()
         sums[1] += err.abs().sum()
         sums[2] += stop - start

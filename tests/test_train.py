@@ -1,0 +1,121 @@
+"""End-to-end runs of `python -m distrib.train` and torchrun with real gloo process groups on CPU."""
+import fcntl
+import hashlib
+import json
+
+import pytest
+import torch
+
+from distrib.config import load_config
+from distrib.data import load_dataset
+from distrib.model import build_model
+from distrib.trainer import sharded_metrics, to_device
+from tests.helpers import (check_ok, max_rel_diff, metrics, spawn_ranks, summary, tiny, train_cli, weights)
+
+NO_DROPOUT = ["model.dropouts=[0]", "model.embedding_dropout=0"]
+
+
+def test_single_process_writes_every_output(tmp_path):
+    proc = check_ok(train_cli(tiny(tmp_path)))
+    run = tmp_path / "run"
+    assert load_config(str(run / "config.yaml")).model.hidden == [32]
+    rows = metrics(run)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    for key in ("epoch", "train_loss", "val_rmse", "val_mae", "lr", "epoch_seconds", "samples_per_s"):
+        assert key in rows[0]
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(run / "checkpoints" / name, weights_only=False)
+        for key in ("model", "optimizer", "scheduler", "early_stopping", "progress", "rng"):
+            assert key in state, f"{name} lacks {key}"
+        assert not any(k.startswith("module.") for k in state["model"]), "unwrapped state dict"
+    result = summary(run)
+    for key in ("best_val_rmse", "test_rmse", "test_mae", "epochs_run", "stopped_early", "world_size"):
+        assert key in result
+    assert result["epochs_run"] == 3 and result["world_size"] == 1
+    assert result["best_val_rmse"] == pytest.approx(min(r["val_rmse"] for r in rows))
+    assert "[001/003] train:" in proc.stdout
+
+
+def test_same_global_batch_gives_same_weights_on_1_2_3_ranks(tmp_path):
+    args = NO_DROPOUT + ["train.epochs=2"]
+    check_ok(train_cli(tiny(tmp_path, "w1", *args)))
+    reference = weights(tmp_path / "w1/checkpoints/last.pt")
+    for world in (2, 3):
+        proc = check_ok(train_cli(tiny(tmp_path, f"w{world}", *args), nproc=world))
+        assert summary(tmp_path / f"w{world}")["world_size"] == world
+        assert max_rel_diff(reference, weights(tmp_path / f"w{world}/checkpoints/last.pt")) <= 1e-4
+        assert proc.stdout.count("[002/002]") == 1, "only rank 0 prints epoch lines"
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    check_ok(train_cli(tiny(tmp_path, "whole", "train.epochs=4"), nproc=2))
+    check_ok(train_cli(tiny(tmp_path, "split", "train.epochs=2"), nproc=2))
+    proc = check_ok(train_cli(tiny(tmp_path, "split", "train.epochs=4"), nproc=2))
+    assert "resumed from" in proc.stdout and "at epoch 2" in proc.stdout
+    assert [r["epoch"] for r in metrics(tmp_path / "split")] == [0, 1, 2, 3]
+    a, b = weights(tmp_path / "whole/checkpoints/last.pt"), weights(tmp_path / "split/checkpoints/last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # dropout on: masks are replayed exactly per (rank, epoch)
+    assert metrics(tmp_path / "whole")[-1]["val_rmse"] == metrics(tmp_path / "split")[-1]["val_rmse"]
+
+
+def _sharded_val(rank, world_size, data_args):
+    cfg = load_config(None, data_args)
+    data = load_dataset(cfg.data)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.n_users, data.n_items, data.rating_min, data.rating_max)
+    return sharded_metrics(model, to_device(data.val, torch.device("cpu")), rank, world_size)
+
+
+def test_validation_metrics_are_exact_over_the_whole_set(tmp_path):
+    args = tiny(tmp_path, "x", "data.synthetic.n_ratings=10007")
+    load_dataset(load_config(None, args).data)  # prepare the cache once
+    single = _sharded_val(0, 1, args)
+    for world in (2, 3):
+        results = spawn_ranks(_sharded_val, world, args)
+        assert all(r == results[0] for r in results)
+        assert results[0]["count"] == single["count"]  # no padding, no duplicates
+        assert results[0]["rmse"] == pytest.approx(single["rmse"], rel=1e-9)
+        assert results[0]["mae"] == pytest.approx(single["mae"], rel=1e-9)
+
+
+def _tree_digest(path):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("extra, fragment, nproc", [
+    (["train.epochz=3"], "unknown config key train.epochz", 0),
+    (["train.batch_size=x"], "train.batch_size: expected int", 0),
+    (["data.name=ml-7m"], "data.name: unknown dataset", 0),
+    (["train.batch_size=1"], "smaller than the world size 2", 2),
+])
+def test_bad_input_is_one_line_and_leaves_the_run_dir_intact(tmp_path, extra, fragment, nproc):
+    check_ok(train_cli(tiny(tmp_path, "run", "train.epochs=1")))
+    before = _tree_digest(tmp_path / "run")
+    proc = train_cli(tiny(tmp_path, "run", *extra), nproc=nproc)
+    assert proc.returncode != 0
+    assert fragment in proc.stderr
+    # torchrun's own agent prints its ChildFailedError traceback; our ranks print none.
+    assert "Traceback" not in proc.stderr if not nproc else "distrib/" not in proc.stderr.split("Traceback")[-1]
+    if not nproc:
+        assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert _tree_digest(tmp_path / "run") == before
+
+
+def test_a_second_job_on_the_same_run_dir_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / ".lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = train_cli(tiny(tmp_path))
+    assert proc.returncode == 2 and "in use by another job" in proc.stderr
+    assert not (run / "config.yaml").exists()
+
+
+def test_cut_off_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    check_ok(train_cli(tiny(tmp_path, "run", "train.epochs=2")))
+    last = tmp_path / "run/checkpoints/last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # a write cut off midway
+    proc = check_ok(train_cli(tiny(tmp_path, "run", "train.epochs=3")))
+    assert "unreadable" in proc.stdout + proc.stderr and "at epoch 1" in proc.stdout
+    assert [r["epoch"] for r in metrics(tmp_path / "run")] == [0, 1, 2]
+    assert json.loads((tmp_path / "run/summary.json").read_text())["epochs_run"] == 3
