@@ -55,7 +55,9 @@ def _sample_pairs(rng, n_users: int, n_items: int, n: int) -> tuple[np.ndarray, 
             u, i = rng.integers(0, n_users, m), rng.integers(0, n_items, m)
         keys = np.concatenate([keys, u.astype(np.int64) * n_items + i])
         keys = keys[~pd.Series(keys).duplicated().to_numpy()]  # hash dedupe keeps sampling order
-    keys = keys[:n]
+    if len(keys) > n:  # drop the surplus at random: keys are grouped by user, so [:n] would cut off users
+        r = rng.random(len(keys))
+        keys = keys[r <= np.partition(r, n - 1)[n - 1]][:n]
     return keys // n_items, keys % n_items
 
 

@@ -30,6 +30,15 @@ def test_shape_scale_and_unique_pairs():
     assert all(g for g in raw.genres[:100])
 
 
+def test_every_user_is_represented():
+    """Surplus draws are dropped at random, not from the end where the last user ids sit (sparse case,
+    where few draws collide and the surplus is large, as at ml-25m scale)."""
+    sparse = SyntheticConfig(n_users=20_000, n_items=20_000, n_ratings=200_000, rank=4, seed=0)
+    raw = generate(sparse)
+    assert np.bincount(raw.users)[-2000:].sum() > 0.05 * sparse.n_ratings  # last 10% of ids keep a share
+    assert len(np.unique(raw.users)) > 0.85 * sparse.n_users
+
+
 def test_long_tailed_users_and_items():
     raw = generate(CFG)
     for ids in (raw.users, raw.items):
