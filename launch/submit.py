@@ -136,9 +136,9 @@ def submit(ns: argparse.Namespace) -> list:
     base, root, runs = plan_runs(ns.config, ns.overrides, parse_sweep(ns.sweep))
     sweep = bool(ns.sweep)
     folder = Path(base.slurm.folder).expanduser().resolve() if base.slurm.folder else root / "slurm"
-    executor = build_executor(base.slurm, folder, f"distrib-{root.name}", ns.local, len(runs))
     for _, cfg, _ in runs:
         check_world_size(cfg)
+    executor = build_executor(base.slurm, folder, f"distrib-{root.name}", ns.local, len(runs))
     if sweep:
         with executor.batch():  # one job array on SLURM
             jobs = [executor.submit(TrainJob(argv)) for _, _, argv in runs]

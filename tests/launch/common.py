@@ -1,0 +1,116 @@
+"""Helpers for the launcher tests: the tiny config, waiting on files and on SLURM jobs, reading results."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.helpers import REPO, clean_env  # noqa: F401  (re-exported for the launcher tests)
+
+TINY = [
+    "data.name=synthetic", "data.synthetic.n_users=200", "data.synthetic.n_items=150",
+    "data.synthetic.n_ratings=5000", "model.n_factors=8", "model.hidden=[16]", "model.dropouts=[0.1]",
+    "train.batch_size=256", "train.epochs=3", "dist.timeout_s=60",
+]
+# Epochs long enough (~1 s on 2 ranks of a 2-core machine) to interrupt one while it runs.
+SLOW = ["data.synthetic.n_users=1000", "data.synthetic.n_items=500", "data.synthetic.n_ratings=30000"]
+
+
+def tiny(tmp_path: Path, run: str = "run", *extra: str) -> list[str]:
+    return TINY + [f"data.root={tmp_path / 'data'}", f"run.dir={tmp_path / run}", *extra]
+
+
+def job_env(tmp_path: Path) -> dict:
+    """A launcher-free environment whose jobs use this interpreter (the venv) and write W&B nowhere."""
+    env = clean_env()
+    env.update(DISTRIB_PYTHON=sys.executable, PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+               WANDB_MODE="disabled", MPLCONFIGDIR=str(tmp_path / "mpl"))
+    return env
+
+
+def epochs_done(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line)["epoch"])
+        except (ValueError, KeyError):
+            pass  # a line being written
+    return rows
+
+
+def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 0.2, on_timeout=lambda: ""):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}\n{on_timeout()}")
+
+
+def run(cmd: list[str], timeout_s: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, **kwargs)
+
+
+def sbatch(args: list[str], env: dict) -> str:
+    proc = run(["sbatch", "--parsable", f"--chdir={REPO}", *args], env=env)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().split(";")[0]
+
+
+def job_fields(job_id: str) -> dict:
+    """scontrol's view of a job (JobState, Reason, Restarts, ...); {} once it has left the controller."""
+    proc = run(["scontrol", "-o", "show", "job", job_id])
+    return dict(re.findall(r"(\w+)=(\S*)", proc.stdout)) if proc.returncode == 0 else {}
+
+
+def accounting(job_id: str) -> list[dict]:
+    """sacct rows for the job and its steps (every run of a requeued job)."""
+    proc = run(["sacct", "-n", "-P", "-D", "-j", job_id, "-o", "JobID,State,ExitCode,NTasks"])
+    keys = ("job", "state", "exit", "ntasks")
+    return [dict(zip(keys, line.split("|"))) for line in proc.stdout.splitlines() if line]
+
+
+FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
+
+
+def wait_job(job_id: str, timeout_s: float, log: Path | None = None) -> str:
+    """Wait until the job has ended; its final state (from scontrol, else sacct)."""
+    def ended():
+        state = job_fields(job_id).get("JobState", "")
+        if not state:  # aged out of the controller: accounting has it
+            rows = [r for r in accounting(job_id) if r["job"] == job_id]
+            state = rows[-1]["state"] if rows else ""
+        return state.split()[0] if state.startswith(FINAL) else ""
+
+    return wait_until(ended, timeout_s, f"job {job_id} to end", poll_s=0.5,
+                      on_timeout=lambda: log.read_text()[-3000:] if log and log.exists() else "")
+
+
+def cancel(job_id: str) -> None:
+    run(["scancel", job_id])
+
+
+def cluster_problem() -> str:
+    """Why SLURM tests cannot run here; '' when sinfo shows a usable node."""
+    try:
+        proc = run(["sinfo", "-h", "-N", "-o", "%t"], timeout_s=20)
+    except FileNotFoundError:
+        return "sinfo not found: no SLURM here (run slurm/dev-cluster.sh as root)"
+    except subprocess.TimeoutExpired:
+        return "sinfo timed out: slurmctld not answering"
+    states = proc.stdout.split()
+    if proc.returncode != 0 or not any(s.rstrip("*~#") in ("idle", "mix", "alloc") for s in states):
+        return f"no usable SLURM node (sinfo: {proc.stdout.strip() or proc.stderr.strip()})"
+    return ""
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -1,0 +1,19 @@
+"""SLURM tests need a real cluster (slurm/dev-cluster.sh): they fail without one in CI, skip elsewhere."""
+from __future__ import annotations
+
+import pytest
+
+from tests.launch.common import cluster_problem, in_ci
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slurm: needs a real SLURM cluster (slurm/dev-cluster.sh)")
+
+
+@pytest.fixture(autouse=True)
+def slurm_cluster():
+    problem = cluster_problem()
+    if problem:
+        if in_ci():
+            pytest.fail(f"CI=true but {problem}")
+        pytest.skip(problem)

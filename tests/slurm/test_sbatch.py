@@ -1,0 +1,72 @@
+"""slurm/train.sbatch on a real SLURM: two srun tasks form one gloo group; USR2 requeues and resumes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.launch.common import (REPO, SLOW, accounting, cancel, epochs_done, job_env, job_fields, run,
+                                 sbatch, tiny, wait_job, wait_until)
+
+pytestmark = pytest.mark.slurm
+TEMPLATE = str(REPO / "slurm" / "train.sbatch")
+TWO_RANKS = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1"]
+
+
+def submit(tmp_path, name: str, *overrides: str) -> tuple[str, object]:
+    log = tmp_path / f"{name}.out"
+    job = sbatch([*TWO_RANKS, f"--job-name=distrib-test-{name}", f"--output={log}", TEMPLATE,
+                  *tiny(tmp_path, name, *overrides)], job_env(tmp_path))
+    return job, log
+
+
+@pytest.mark.timeout(180)
+def test_two_tasks_form_one_group(tmp_path):
+    job, log = submit(tmp_path, "two")
+    try:
+        assert wait_job(job, 150, log) == "COMPLETED", log.read_text()[-3000:]
+    finally:
+        cancel(job)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs_run"] == 3
+    assert epochs_done(tmp_path / "two") == [0, 1, 2]
+    # Both ranks ran as tasks of one step, and the batch shell itself did not train.
+    steps = {r["job"]: r for r in accounting(job)}
+    assert steps[f"{job}.0"]["ntasks"] == "2" and steps[f"{job}.0"]["state"] == "COMPLETED"
+    assert steps[f"{job}.batch"]["ntasks"] == "1"
+    assert "world size 2" in log.read_text() and "(slurm)" in log.read_text()
+
+
+@pytest.mark.timeout(300)
+def test_usr2_requeues_and_resumes_to_the_uninterrupted_weights(tmp_path):
+    epochs = "train.epochs=6"
+    job, log = submit(tmp_path, "cut", epochs, *SLOW)
+    try:
+        wait_until(lambda: epochs_done(tmp_path / "cut"), 120, "the first epoch",
+                   on_timeout=lambda: log.read_text()[-3000:])
+        assert len(epochs_done(tmp_path / "cut")) < 6, "the job finished before it could be interrupted"
+        assert run(["scancel", "--signal=USR2", "--batch", job]).returncode == 0
+        # Requeued: pending with reason BeginTime (~2 min); release it now.
+        wait_until(lambda: job_fields(job).get("Restarts") == "1" and job_fields(job).get("JobState") == "PENDING",
+                   60, "the requeue", on_timeout=lambda: log.read_text()[-3000:])
+        assert run(["scontrol", "update", f"JobId={job}", "StartTime=now"]).returncode == 0
+        assert wait_job(job, 150, log) == "COMPLETED", log.read_text()[-3000:]
+    finally:
+        cancel(job)
+    text = log.read_text()
+    assert "restart 0" in text and "USR2 received" in text and "restart 1" in text
+    assert epochs_done(tmp_path / "cut") == list(range(6))  # each epoch once: none repeated or skipped
+    states = [r["state"] for r in accounting(job) if r["job"] == job]
+    assert states[0] == "REQUEUED" and states[-1] == "COMPLETED"
+
+    ref, ref_log = submit(tmp_path, "ref", epochs, *SLOW)
+    try:
+        assert wait_job(ref, 150, ref_log) == "COMPLETED", ref_log.read_text()[-3000:]
+    finally:
+        cancel(ref)
+    resumed = torch.load(tmp_path / "cut/checkpoints/last.pt", map_location="cpu", weights_only=False)["model"]
+    straight = torch.load(tmp_path / "ref/checkpoints/last.pt", map_location="cpu", weights_only=False)["model"]
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        assert torch.equal(resumed[key], straight[key]), key
