@@ -56,6 +56,7 @@ def test_usr2_requeues_and_resumes_to_the_uninterrupted_weights(tmp_path):
         cancel(job)
     text = log.read_text()
     assert "restart 0" in text and "USR2 received" in text and "restart 1" in text
+    assert "resumed from" in text.split("restart 1", 1)[1], text[-3000:]  # not a fresh start
     assert epochs_done(tmp_path / "cut") == list(range(6))  # each epoch once: none repeated or skipped
     states = [r["state"] for r in accounting(job) if r["job"] == job]
     assert states[0] == "REQUEUED" and states[-1] == "COMPLETED"

@@ -1,0 +1,54 @@
+"""torchrun --max-restarts=1: a worker SIGKILLed mid-run is restarted with the others, and the run
+resumes from last.pt and finishes with every epoch in metrics.jsonl once. No SLURM needed."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.launch.common import REPO, SLOW, epochs_done, job_env, tiny, wait_until
+
+
+def children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.timeout(240)
+def test_killed_worker_restarts_and_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    log = (tmp_path / "torchrun.log").open("w")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+           "-m", "distrib.train", *tiny(tmp_path, "run", "train.epochs=6", *SLOW)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=job_env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: epochs_done(run_dir), 150, "the first epoch",
+                   on_timeout=lambda: (tmp_path / "torchrun.log").read_text()[-3000:])
+        assert len(epochs_done(run_dir)) < 6, "finished before a worker could be killed"
+        workers = children(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[-1], signal.SIGKILL)
+        assert proc.wait(timeout=180) == 0, (tmp_path / "torchrun.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    text = (tmp_path / "torchrun.log").read_text()
+    assert "SIGKILL" in text or "Signal 9" in text or "exitcode: -9" in text, text[-3000:]
+    # A restart from scratch would also rewrite metrics.jsonl 0..5: the trainer must say it resumed.
+    assert "resumed from" in text and "last.pt at epoch" in text, text[-3000:]
+    assert epochs_done(run_dir) == list(range(6))  # nothing repeated or skipped
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs_run"] == 6
