@@ -41,6 +41,8 @@ def plot_learning_curves(rows: list[dict], path: Path) -> Path:
     """Train and val loss (left) and val RMSE/MAE (right) per epoch, from metrics.jsonl rows (keys
     epoch (0-based, as the trainer writes it; drawn 1-based), train_loss, val_loss, val_rmse, val_mae)."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     rows = last_row_per_epoch(rows)
     epochs = [int(r["epoch"]) + 1 for r in rows]
     fig, (loss_ax, err_ax) = plt.subplots(1, 2, figsize=(10, 4))
@@ -50,6 +52,7 @@ def plot_learning_curves(rows: list[dict], path: Path) -> Path:
             if points:
                 ax.plot(*zip(*points), marker="o", markersize=3, label=key)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()
@@ -161,3 +164,30 @@ def movie_counts(n_items: int, *item_arrays) -> np.ndarray:
     for items in item_arrays:
         counts += np.bincount(np.asarray(items, dtype=np.int64), minlength=n_items)[:n_items]
     return counts
+
+
+def schedule_curve(train_cfg, steps_per_epoch: int, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The learning rate the trainer's scheduler gives at each step (`train_cfg` is the TrainConfig)."""
+    from distrib.schedule import lr_factor, scaled_lr
+
+    steps = np.arange(max(1, total_steps))
+    peak = scaled_lr(train_cfg)
+    return steps, np.array([peak * lr_factor(int(s), train_cfg, steps_per_epoch) for s in steps])
+
+
+def write_run_plots(plots_dir: Path, rows: list[dict], lr_steps=None, lrs=None, vectors=None, titles=None,
+                    counts=None) -> tuple[dict, dict]:
+    """Every picture of a finished run into `plots_dir`: ({"plots/<name>": png path}, PCA ends or {}).
+    Pass what exists: metrics rows always; the LR curve and the movie embeddings when available."""
+    plots_dir = Path(plots_dir)
+    images = {"plots/learning_curves": plot_learning_curves(rows, plots_dir / "learning_curves.png")}
+    if lrs is not None and len(lrs):
+        plot_lr_schedule(lr_steps if lr_steps is not None else np.arange(len(lrs)), lrs, plots_dir / "lr_schedule.png")
+        images["plots/lr_schedule"] = plots_dir / "lr_schedule.png"
+    ends: dict = {}
+    if vectors is not None and len(vectors) >= 2:
+        titles = list(titles) if titles is not None else [f"item {i}" for i in range(len(vectors))]
+        counts = np.ones(len(vectors)) if counts is None else counts
+        ends = plot_embedding_pca(vectors, titles, counts, plots_dir / "embedding_pca.png")
+        images["plots/embedding_pca"] = plots_dir / "embedding_pca.png"
+    return images, ends

@@ -119,3 +119,19 @@ def test_pca_rejects_mismatched_inputs(tmp_path):
 
 def test_movie_counts():
     assert movie_counts(4, np.array([0, 1, 1]), np.array([3])).tolist() == [1, 2, 0, 1]
+
+
+def test_write_run_plots_with_trainer_schedule(tmp_path):
+    from distrib.plots import schedule_curve, write_run_plots
+
+    cfg = TrainConfig(lr=1e-3, batch_size=2000, ref_batch_size=2000, cycle_epochs=2.0, eta_min_ratio=0.1)
+    steps, lrs = schedule_curve(cfg, steps_per_epoch=10, total_steps=60)
+    assert lrs.max() == pytest.approx(1e-3) and find_restarts(lrs) == [20, 40]
+    vectors, titles = _planted()
+    images, ends = write_run_plots(tmp_path / "plots", _rows(), steps, lrs, vectors, titles, np.arange(60))
+    assert set(images) == {"plots/learning_curves", "plots/lr_schedule", "plots/embedding_pca"}
+    for path in images.values():
+        assert_png(path)
+    assert set(ends) == {"pc1", "pc2", "pc3"}
+    images, ends = write_run_plots(tmp_path / "bare", _rows(2))
+    assert list(images) == ["plots/learning_curves"] and ends == {}
