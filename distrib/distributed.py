@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import socket
 import subprocess
 from dataclasses import dataclass
 
@@ -117,6 +118,56 @@ def init_process_group(env: DistEnv, device: torch.device, backend: str, timeout
     )
 
 
+_PEERS: list[tuple[str, int]] = []  # (host, pid) of every rank, gathered once after the group forms
+
+
+def record_peers() -> None:
+    _PEERS.clear()
+    if dist.is_initialized():
+        peers: list = [None] * dist.get_world_size()
+        dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+        _PEERS.extend(peers)
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """A collective broke because another rank went away (gloo closes the socket; NCCL or gloo time out)."""
+    text = str(err)
+    return isinstance(err, getattr(dist, "DistBackendError", ())) or any(
+        marker in text for marker in ("Connection closed by peer", "Connection reset by peer", "Timed out",
+                                      "timed out", "NCCL", "gloo"))
+
+
+def describe_lost_peers() -> str:
+    """Which ranks are gone, as far as this host can tell (ranks on other hosts cannot be probed)."""
+    host = socket.gethostname()
+    lost, unknown = [], []
+    for rank, (peer_host, pid) in enumerate(_PEERS):
+        if peer_host != host:
+            unknown.append(rank)
+            continue
+        if not _alive(pid):
+            lost.append(rank)
+    if lost:
+        return f"lost rank {', '.join(map(str, lost))}"
+    return f"lost a rank on another host (ranks {unknown})" if unknown else "lost a peer rank"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # a killed, unreaped rank is a zombie
+    except OSError:
+        return False
+
+
+def failure_reason(err: BaseException) -> str:
+    text = str(err)
+    for marker in ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out"):
+        if marker in text:
+            return marker.lower()
+    return text.strip().splitlines()[-1][:120] if text.strip() else type(err).__name__
+
+
 def close_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -135,8 +186,6 @@ def _int(env, key: str, default: int | None = None) -> int:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -23,3 +23,7 @@ def exit_on_user_error(main):
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper
+
+
+class JobError(UserError):
+    """The job itself failed in a way the user must act on (diverged loss, lost rank): one line, exit 2."""

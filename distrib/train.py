@@ -16,8 +16,10 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from distrib.config import Config, dump_yaml, load_config, to_dict
 from distrib.data import load_dataset
-from distrib.distributed import DistEnv, close_process_group, init_process_group, resolve_env, select_device
-from distrib.errors import UserError, exit_on_user_error
+from distrib.distributed import (DistEnv, close_process_group, describe_lost_peers, failure_reason,
+                                 init_process_group,
+                                 is_peer_failure, record_peers, resolve_env, select_device)
+from distrib.errors import JobError, UserError, exit_on_user_error
 from distrib.rundir import RunDir
 
 log = logging.getLogger("distrib")
@@ -108,9 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     device = select_device(cfg.train.device, env.local_rank)
     init_process_group(env, device, cfg.dist.backend, cfg.dist.timeout_s)
     try:
+        record_peers()
         if env.is_main:
             log.info("resolved config:\n%s", dump_yaml(cfg))
         run(cfg, env, device)
+    except RuntimeError as err:
+        if env.world_size > 1 and is_peer_failure(err):
+            # One line instead of a gloo/NCCL stack: which rank went away, and that this one stops too.
+            raise JobError(f"rank {env.rank}: {describe_lost_peers()} during a collective "
+                           f"({failure_reason(err)}); exiting") from None
+        raise
     finally:
         close_process_group()
     return 0

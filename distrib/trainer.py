@@ -23,6 +23,7 @@ from distrib.config import Config, to_dict
 from distrib.data import PreparedData, RatingSplit
 from distrib.distributed import DistEnv
 from distrib.early_stopping import EarlyStopping
+from distrib.health import DivergenceGuard
 from distrib.model import build_model
 from distrib.progress import EpochProgress
 from distrib.rundir import RunDir
@@ -70,6 +71,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg, device)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
         self.early = EarlyStopping(cfg.train.patience)
+        self.guard = DivergenceGuard(env.rank, device)
         self.progress = Progress()
         self.metrics: list[dict] = []
         self.lr_trace: list[tuple[int, float]] = []
@@ -146,7 +148,7 @@ class Trainer:
         for idx in rank_batches(perm, cfg.batch_size, env.rank, env.world_size):
             with self.autocast:
                 pred = self.forward(split.users[idx], split.items[idx])
-            sq_sum = (pred.float() - split.ratings[idx]).pow(2).sum()
+            sq_sum = self.guard.observe((pred.float() - split.ratings[idx]).pow(2).sum(), self.progress.step)
             self.optimizer.zero_grad(set_to_none=True)
             (sq_sum * env.world_size).backward()
             self.optimizer.step()
@@ -155,8 +157,10 @@ class Trainer:
             self.progress.step += 1
             bar.update()
             if self.progress.step % cfg.log_every_steps == 0:  # the only host sync inside the epoch
+                self.guard.check()
                 self._log_step(sq_sum, idx.numel())
         bar.close()
+        self.guard.check()  # before validation and saving: a diverged epoch is never checkpointed
         return self._global_mean(total, self.steps_per_epoch * cfg.batch_size)
 
     def _log_step(self, sq_sum: torch.Tensor, n: int) -> None:
