@@ -1,13 +1,28 @@
-"""End of a run on rank 0: pictures into run.dir/plots and W&B, the summary, the best model as an artifact."""
+"""End of a run on rank 0: pictures into run.dir/plots and W&B, the movie-embedding table, the summary
+(with the titles at both ends of the first principal components) and the best model as an artifact."""
 from __future__ import annotations
 
 import logging
+
+from distrib.plots import movie_counts, schedule_curve, write_run_plots
 
 log = logging.getLogger("distrib")
 
 
 def finish_run(trainer, tracker, summary: dict) -> None:
-    tracker.set_summary(summary)
+    data, step = trainer.data, trainer.progress.step
+    steps, lrs = schedule_curve(trainer.cfg.train, trainer.steps_per_epoch, max(step, 1))
+    counts = movie_counts(data.n_items, data.train.items)
+    vectors = trainer.model.m.weight.detach().float().cpu().numpy()
+    titles = data.titles or [str(raw) for raw in data.item_ids]
+    images, ends = write_run_plots(trainer.run.plots, trainer.metrics, steps, lrs, vectors, titles, counts)
+    tracker.log_images(step, images)
+    tracker.log_table_embeddings(step, vectors, titles, data.genres, counts=counts)
+    for component, sides in ends.items():
+        log.info("PCA %s: low end %s | high end %s", component, "; ".join(sides["low"][:3]),
+                 "; ".join(sides["high"][:3]))
+    tracker.set_summary(summary | {f"pca/{k}_{side}": ", ".join(v[side][:5])
+                                   for k, v in ends.items() for side in ("low", "high")})
     best = trainer.run.checkpoints / "best.pt"
     if best.exists():
         tracker.log_artifact(best, name="model", type="model")

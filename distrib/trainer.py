@@ -74,7 +74,6 @@ class Trainer:
         self.guard = DivergenceGuard(env.rank, device)
         self.progress = Progress()
         self.metrics: list[dict] = []
-        self.lr_trace: list[tuple[int, float]] = []
         self._resume()  # before the DDP wrap, so every rank starts from the loaded weights
         self.ddp = wrap_ddp(self.model, device)
         self.forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
@@ -91,7 +90,6 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.early.load_state_dict(state["early_stopping"])
         self.progress = Progress(**state["progress"])
-        self.lr_trace = list(state.get("lr_trace", []))
         # Rows of epochs after the checkpoint were written by a run that died before saving: drop them.
         self.metrics = [row for row in self.run.read_metrics() if row["epoch"] < self.progress.epoch]
         log.info("resumed from %s at epoch %d (step %d)", path, self.progress.epoch, self.progress.step)
@@ -106,7 +104,6 @@ class Trainer:
             # Dropout masks are re-seeded from (seed, rank, epoch) at each epoch start, so this state is
             # informative: resuming at an epoch boundary reproduces every rank's stream exactly.
             "rng": {"torch": torch.get_rng_state(), "seed": self.cfg.train.seed},
-            "lr_trace": self.lr_trace,
             "config": to_dict(self.cfg),
             "data": {"n_users": self.data.n_users, "n_items": self.data.n_items,
                      "rating_min": self.data.rating_min, "rating_max": self.data.rating_max},
@@ -165,7 +162,6 @@ class Trainer:
 
     def _log_step(self, sq_sum: torch.Tensor, n: int) -> None:
         lr = self.optimizer.param_groups[0]["lr"]
-        self.lr_trace.append((self.progress.step, lr))
         if self.env.is_main:
             self.tracker.log_step(self.progress.step, {"train/loss": sq_sum.item() / max(n, 1), "train/lr": lr})
 
