@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 
 import torch
@@ -137,19 +138,22 @@ def is_peer_failure(err: BaseException) -> bool:
                                       "timed out", "NCCL", "gloo"))
 
 
-def describe_lost_peers() -> str:
-    """Which ranks are gone, as far as this host can tell (ranks on other hosts cannot be probed)."""
+def describe_lost_peers(grace_s: float = 3.0) -> str:
+    """Which ranks are gone, as far as this host can tell (ranks on other hosts cannot be probed).
+
+    A killed rank's sockets close while it is still exiting, so it is given a moment to finish dying."""
     host = socket.gethostname()
-    lost, unknown = [], []
-    for rank, (peer_host, pid) in enumerate(_PEERS):
-        if peer_host != host:
-            unknown.append(rank)
-            continue
-        if not _alive(pid):
-            lost.append(rank)
+    local = [(rank, pid) for rank, (peer_host, pid) in enumerate(_PEERS) if peer_host == host]
+    remote = [rank for rank, (peer_host, _) in enumerate(_PEERS) if peer_host != host]
+    deadline = time.monotonic() + grace_s
+    while True:
+        lost = [rank for rank, pid in local if not _alive(pid)]
+        if lost or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     if lost:
         return f"lost rank {', '.join(map(str, lost))}"
-    return f"lost a rank on another host (ranks {unknown})" if unknown else "lost a peer rank"
+    return f"lost a rank on another host (ranks {remote})" if remote else "lost a peer rank"
 
 
 def _alive(pid: int) -> bool:

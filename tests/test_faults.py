@@ -1,0 +1,112 @@
+"""Faults with real processes: a rank killed mid-epoch, a NaN on one rank, repeated kill-and-resume,
+an unusable run directory."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.helpers import REPO, check_ok, clean_env, metrics, summary, tiny, train_cli, weights
+
+
+def _wait_for_epochs(run, count, procs, timeout_s=240):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if (run / "metrics.jsonl").exists() and len(metrics(run)) >= count:
+            return
+        assert all(p.poll() is None for p in procs), "a rank ended before the fault was injected"
+        time.sleep(0.2)
+    raise AssertionError("the job made no progress")
+
+
+def _start_ranks_by_hand(args, world):
+    port = 29400 + os.getpid() % 500 + world
+    procs = []
+    for rank in range(world):
+        env = clean_env() | {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, "-m", "distrib.train", *args], cwd=REPO, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_rank_killed_mid_epoch_ends_the_others_quickly_and_leaves_last_pt_intact(tmp_path, world):
+    args = tiny(tmp_path, "run", "train.epochs=200", "data.synthetic.n_ratings=30000", "dist.timeout_s=30")
+    procs = _start_ranks_by_hand(args, world)
+    run = tmp_path / "run"
+    _wait_for_epochs(run, 2, procs)
+    time.sleep(0.3)  # land inside an epoch
+    procs[1].send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    for rank, proc in enumerate(procs):
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise AssertionError(f"rank {rank} still running 60 s after rank 1 died")
+        if rank != 1:
+            assert proc.returncode != 0
+            assert "lost rank 1" in err, err[-2000:]
+    assert time.time() - killed_at < 60
+    state = torch.load(run / "checkpoints/last.pt", weights_only=False)
+    assert state["progress"]["epoch"] >= 2
+
+
+def test_nan_on_one_rank_stops_every_rank_at_the_same_step_before_saving(tmp_path):
+    args = tiny(tmp_path, "run", "train.epochs=5", "train.log_every_steps=4")
+    env = clean_env() | {"DISTRIB_FAULT_NAN": "1:50"}  # 17 steps an epoch: step 50 ends the third epoch
+    proc = train_cli(args, nproc=2, env=env)
+    assert proc.returncode != 0
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("distrib: error:")]
+    assert len(lines) == 2 and all("at step 50 on rank 1" in l for l in lines), proc.stderr[-2000:]
+    run = tmp_path / "run"
+    assert [r["epoch"] for r in metrics(run)] == [0, 1]  # the third epoch is never recorded
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(run / "checkpoints" / name, weights_only=False)
+        assert state["progress"]["step"] == 34
+        assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_killed_and_restarted_repeatedly_ends_exactly_like_an_uninterrupted_run(tmp_path):
+    args = ["train.epochs=6", "data.synthetic.n_ratings=30000"]
+    check_ok(train_cli(tiny(tmp_path, "whole", *args)))
+    run = tmp_path / "chopped"
+    for stop_after in (2, 4):
+        proc = subprocess.Popen([sys.executable, "-m", "distrib.train", *tiny(tmp_path, "chopped", *args)],
+                                cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for_epochs(run, stop_after, [proc])
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    check_ok(train_cli(tiny(tmp_path, "chopped", *args)))
+    assert [r["epoch"] for r in metrics(run)] == list(range(6)), "each epoch exactly once"
+    a, b = weights(tmp_path / "whole/checkpoints/last.pt"), weights(run / "checkpoints/last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    whole, chopped = metrics(tmp_path / "whole"), metrics(run)
+    assert [r["val_rmse"] for r in whole] == [r["val_rmse"] for r in chopped]
+    assert summary(run)["test_rmse"] == summary(tmp_path / "whole")["test_rmse"]
+
+
+def test_writer_killed_between_temp_file_and_rename_leaves_last_pt_and_is_cleaned(tmp_path):
+    check_ok(train_cli(tiny(tmp_path, "run", "train.epochs=1")))
+    stale = tmp_path / "run/checkpoints/.last.pt.tmp.99999"
+    stale.write_bytes(b"half a checkpoint")
+    proc = check_ok(train_cli(tiny(tmp_path, "run", "train.epochs=2")))
+    assert "at epoch 1" in proc.stdout and not stale.exists()
+
+
+@pytest.mark.parametrize("run_dir, fragment", [
+    ("/proc/distrib-run", "not writable"),
+    ("FILE", "exists and is not a directory"),
+])
+def test_unusable_run_dir_is_reported_before_any_training(tmp_path, run_dir, fragment):
+    if run_dir == "FILE":
+        run_dir = tmp_path / "taken"
+        run_dir.write_text("not a directory")
+    proc = train_cli(tiny(tmp_path, "x") + [f"run.dir={run_dir}"])
+    assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
+    assert "[001/" not in proc.stdout
