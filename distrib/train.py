@@ -70,8 +70,7 @@ def run(cfg: Config, env: DistEnv, device) -> dict:
     error = None
     if env.is_main:
         try:
-            run_dir.open()
-            run_dir.write_text("config.yaml", dump_yaml(cfg))
+            run_dir.open()  # checks and the lock only: nothing in an existing run.dir is touched yet
         except UserError as err:
             error = str(err)
     agree(error)
@@ -79,17 +78,18 @@ def run(cfg: Config, env: DistEnv, device) -> dict:
     try:
         data = load_dataset(cfg.data)
         log.info("%s | world size %d on %s (%s)", data.description, env.world_size, device, env.launcher)
+        trainer = Trainer(cfg, env, device, data, run_dir)  # resumes, or refuses a mismatched checkpoint
+        if env.is_main:
+            run_dir.write_text("config.yaml", dump_yaml(cfg))  # only once the inputs have proved good
         tracker = build_tracker(cfg.tracking, run_dir.path, to_dict(cfg), env.is_main)
-        trainer = Trainer(cfg, env, device, data, run_dir, tracker)
-        summary = trainer.fit()
+        summary = trainer.fit(tracker)
         if env.is_main:
             from distrib.report import finish_run
 
             finish_run(trainer, tracker, summary)
         log.info("done: %s", ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in summary.items()))
-        if tracker is not None:
-            tracker.close(0)
+        tracker.close(0)
         return summary
     except BaseException:
         if tracker is not None:

@@ -23,6 +23,7 @@ from distrib.config import Config, to_dict
 from distrib.data import PreparedData, RatingSplit
 from distrib.distributed import DistEnv
 from distrib.early_stopping import EarlyStopping
+from distrib.errors import UserError
 from distrib.health import DivergenceGuard
 from distrib.model import build_model
 from distrib.progress import EpochProgress
@@ -61,8 +62,9 @@ def to_device(split: RatingSplit, device: torch.device) -> DeviceSplit:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, env: DistEnv, device: torch.device, data: PreparedData, run: RunDir, tracker):
-        self.cfg, self.env, self.device, self.data, self.run, self.tracker = cfg, env, device, data, run, tracker
+    def __init__(self, cfg: Config, env: DistEnv, device: torch.device, data: PreparedData, run: RunDir):
+        self.cfg, self.env, self.device, self.data, self.run = cfg, env, device, data, run
+        self.tracker = None
         self.train_split = to_device(data.train, device)
         self.val_split = to_device(data.val, device)
         self.steps_per_epoch = steps_per_epoch(len(self.train_split), cfg.train.batch_size)
@@ -75,8 +77,12 @@ class Trainer:
         self.progress = Progress()
         self.metrics: list[dict] = []
         self._resume()  # before the DDP wrap, so every rank starts from the loaded weights
+        if cfg.train.compile:
+            # The module, not the DDP wrapper: the same compiled graph serves training and evaluate, and DDP
+            # stays eager (no graph split at bucket boundaries). state_dict keys are unchanged.
+            self.model.compile()
         self.ddp = wrap_ddp(self.model, device)
-        self.forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
+        self.forward = self.ddp
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                          if cfg.train.precision == "bf16" else nullcontext())
 
@@ -85,7 +91,11 @@ class Trainer:
         state, path = ckpt.load_latest(self.run.checkpoints)
         if state is None:
             return
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise UserError(f"run.dir {self.run.path}: {path.name} holds a different model "
+                            f"({_first_mismatch(err)}); use a new run.dir or the config it was trained with") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.early.load_state_dict(state["early_stopping"])
@@ -110,7 +120,8 @@ class Trainer:
         }
 
     # ---- the loop -----------------------------------------------------------------------------------
-    def fit(self) -> dict:
+    def fit(self, tracker) -> dict:
+        self.tracker = tracker
         cfg = self.cfg.train
         if self.progress.epoch > 0 and (self.early.should_stop or self.progress.epoch >= cfg.epochs):
             log.info("run already finished at epoch %d", self.progress.epoch)
@@ -250,7 +261,9 @@ def sharded_metrics(model: torch.nn.Module, split: DeviceSplit, rank: int, world
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
-    fused = device.type == "cuda"  # one kernel for the whole update where the device has it
+    # One fused kernel for the whole update, on CUDA and on CPU (on CPU ~2.6 ms/step less than the default
+    # per-parameter loop for the article's model, issue 5).
+    fused = device.type in ("cuda", "cpu")
     return torch.optim.Adam(model.parameters(), lr=scaled_lr(cfg.train), weight_decay=cfg.train.weight_decay,
                             fused=fused or None)
 
@@ -260,6 +273,12 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         return model
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def _first_mismatch(err: RuntimeError) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line or "Missing key" in line
+             or "Unexpected key" in line]
+    return (lines[0] if lines else str(err).splitlines()[0])[:200]
 
 
 def _seed_for(seed: int, rank: int, epoch: int) -> int:
