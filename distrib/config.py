@@ -20,6 +20,7 @@ DATASETS = (
     "ml-latest", "ml-latest-small", "file",
 )
 ML100K_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
+MODELS = ("embeddingnet", "mf")  # mf: biased matrix factorisation (distrib.model_mf)
 
 
 @dataclass
@@ -78,9 +79,13 @@ class ModelConfig:
     dropouts: list[float] = field(default_factory=lambda: [0.2, 0.2])
     embedding_dropout: float = 0.02
     bias: bool = False  # user and item bias terms added to the output logit
+    # Per-rating L2 on the embeddings (and bias terms) of each batch's users and items: distrib.model_mf
+    factor_reg: float = 0.0
+    bias_reg: float = 0.0
 
     def __post_init__(self):
-        _require(self.name in ("embeddingnet",), f"model.name: unknown model {self.name!r}")
+        _require(self.name in MODELS, f"model.name: unknown model {self.name!r} (choose from {', '.join(MODELS)})")
+        _require(self.factor_reg >= 0 and self.bias_reg >= 0, "model.factor_reg and model.bias_reg must be >= 0")
         _require(self.n_factors > 0, "model.n_factors must be > 0")
         _require(all(h > 0 for h in self.hidden), "model.hidden: sizes must be > 0")
         _require(len(self.dropouts) <= len(self.hidden), "model.dropouts: more rates than hidden layers")

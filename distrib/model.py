@@ -58,6 +58,11 @@ class EmbeddingNet(nn.Module):
 
 
 def build_model(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, rating_max: float) -> nn.Module:
+    """The model `cfg.name` picks: embeddingnet (the article's, the default) or mf (`distrib.model_mf`)."""
+    if cfg.name == "mf":
+        from distrib.model_mf import BiasedMF
+
+        return BiasedMF(n_users, n_items, cfg.n_factors, rating_min, rating_max)
     return EmbeddingNet(
         n_users=n_users, n_items=n_items, n_factors=cfg.n_factors, hidden=list(cfg.hidden),
         dropouts=list(cfg.dropouts), embedding_dropout=cfg.embedding_dropout,

@@ -26,6 +26,7 @@ from distrib.early_stopping import EarlyStopping
 from distrib.errors import UserError
 from distrib.health import DivergenceGuard
 from distrib.model import build_model
+from distrib.model_mf import build_penalty
 from distrib.progress import EpochProgress
 from distrib.rundir import RunDir
 from distrib.sampler import epoch_permutation, rank_batches, shard_bounds, steps_per_epoch
@@ -70,6 +71,7 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch(len(self.train_split), cfg.train.batch_size)
         torch.manual_seed(cfg.train.seed)  # the same initial weights whatever the world size
         self.model = build_model(cfg.model, data.n_users, data.n_items, data.rating_min, data.rating_max).to(device)
+        self.penalty = build_penalty(cfg.model.factor_reg, cfg.model.bias_reg, self.model)  # None: plain MSE
         self.optimizer = build_optimizer(self.model, cfg, device)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
         self.early = EarlyStopping(cfg.train.patience)
@@ -157,8 +159,9 @@ class Trainer:
             with self.autocast:
                 pred = self.forward(split.users[idx], split.items[idx])
             sq_sum = self.guard.observe((pred.float() - split.ratings[idx]).pow(2).sum(), self.progress.step)
+            loss = sq_sum if self.penalty is None else sq_sum + self.penalty(split.users[idx], split.items[idx])
             self.optimizer.zero_grad(set_to_none=True)
-            (sq_sum * env.world_size).backward()
+            (loss * env.world_size).backward()
             self.optimizer.step()
             self.scheduler.step()
             total += sq_sum.detach()
