@@ -113,6 +113,9 @@ def init_process_group(env: DistEnv, device: torch.device, backend: str, timeout
     kwargs = {}
     if backend == "nccl":
         kwargs["device_id"] = device
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if env.launcher == "torchrun" and restart != "0":
+        kwargs["store"] = _fresh_round_store(env, restart, timeout_s)
     dist.init_process_group(
         backend=backend, rank=env.rank, world_size=env.world_size,
         timeout=datetime.timedelta(seconds=timeout_s), **kwargs,
@@ -170,6 +173,16 @@ def failure_reason(err: BaseException) -> str:
         if marker in text:
             return marker.lower()
     return text.strip().splitlines()[-1][:120] if text.strip() else type(err).__name__
+
+
+def _fresh_round_store(env: DistEnv, restart: str, timeout_s: float) -> dist.Store:
+    """After a torchrun restart, the store torchrun shares with its workers still holds the previous round's
+    addresses, and gloo's connectFullMesh reads them (pytorch/pytorch#135712). A prefix per restart round
+    keeps each round's keys apart."""
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=env.is_main and not agent_hosts,
+                          timeout=datetime.timedelta(seconds=timeout_s))
+    return dist.PrefixStore(f"distrib/restart-{restart}", store)
 
 
 def close_process_group() -> None:

@@ -32,10 +32,10 @@ def test_killed_worker_restarts_and_resumes(tmp_path):
     log = (tmp_path / "torchrun.log").open("w")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
            "-m", "distrib.train", *tiny(tmp_path, "run", "train.epochs=6", *SLOW)]
-    # torchrun shares its rendezvous TCPStore with the workers by default, and a restarted round can read
-    # the previous round's gloo addresses: "connectFullMesh failed ... Connection refused" on every rank
-    # (pytorch/pytorch#135712; seen here with torch 2.13). Not sharing it makes restarts reliable.
-    env = dict(job_env(tmp_path), TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    # torchrun shares its rendezvous TCPStore with the workers, and a restarted round could read the previous
+    # round's gloo addresses (pytorch/pytorch#135712): distrib prefixes its keys per restart round, so the
+    # plain torchrun command must work without TORCH_DISABLE_SHARE_RDZV_TCP_STORE.
+    env = job_env(tmp_path)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: epochs_done(run_dir), 150, "the first epoch",
