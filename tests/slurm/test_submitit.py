@@ -1,13 +1,20 @@
-"""launch.submit on a real SLURM: a 2-task job, and a 2-member sweep that goes out as one job array."""
+"""launch.submit on a real SLURM: a 2-task job, a 2-member sweep that goes out as one job array, and a
+preempted job that submitit requeues and that resumes to the weights of an uninterrupted run."""
 from __future__ import annotations
 
 import json
+import pickle
 import re
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
-from tests.launch.common import REPO, accounting, epochs_done, job_env, run, tiny
+from tests.helpers import check_ok, train_cli, weights
+from tests.launch.common import (REPO, SLOW, accounting, cancel, epochs_done, job_env, job_fields, run, tiny,
+                                 wait_job, wait_until)
 
 pytestmark = pytest.mark.slurm
 
@@ -46,3 +53,58 @@ def test_sweep_is_one_array_with_a_run_dir_per_member(tmp_path):
     lrs = {re.search(r"\n  lr: (\S+)", (tmp_path / "sweep" / name / "config.yaml").read_text()).group(1)
            for _, _, name, _ in members}
     assert lrs == {"0.001", "0.003"}
+
+
+@pytest.mark.timeout(240)
+def test_preempted_job_requeues_and_resumes_to_the_uninterrupted_weights(tmp_path):
+    epochs = "train.epochs=10"
+    cmd = [sys.executable, "-m", "launch.submit", *tiny(tmp_path, "cut", "slurm.tasks_per_node=2", epochs, *SLOW),
+           "--wait"]
+    submitter = subprocess.Popen(cmd, cwd=REPO, env=job_env(tmp_path), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+    job, out, err, ended = None, "", "", False
+    try:
+        first = submitter.stdout.readline()
+        found = re.search(r"SLURM job (\d+): run.dir \S+ log (\S+)", first)
+        assert found, first + submitter.stderr.read()
+        job, log = found.group(1), Path(found.group(2))
+        tail = lambda: log.read_text()[-3000:] if log.exists() else ""  # noqa: E731
+        wait_until(lambda: epochs_done(tmp_path / "cut"), 90, "the first epoch", on_timeout=tail)
+        assert len(epochs_done(tmp_path / "cut")) < 10, "the job finished before it could be interrupted"
+        # A preemption as submitit's own SlurmJob._interrupt() sends it to every task: TERM, then USR2
+        # (the time-limit signal of --signal=USR2@signal_delay_s is the same USR2 to the same handler).
+        for sig in ("TERM", "USR2"):
+            assert run(["scancel", f"--signal={sig}", job]).returncode == 0
+        # Rank 0's checkpoint() requeued it: pending with reason BeginTime (~2 min); release it now.
+        wait_until(lambda: job_fields(job).get("Restarts") == "1" and job_fields(job).get("JobState") == "PENDING",
+                   60, "the requeue", on_timeout=tail)
+        assert run(["scontrol", "update", f"JobId={job}", "StartTime=now"]).returncode == 0
+        out, err = submitter.communicate(timeout=150)  # --wait: the requeued run's outcome, not the first's
+        if submitter.returncode == 0:
+            wait_job(job, 60)  # its pickles are written: let the tasks exit before reading sacct
+            ended = True
+    finally:
+        if job and not ended:
+            cancel(job)
+        if submitter.poll() is None:
+            submitter.kill()
+            submitter.communicate()
+    assert submitter.returncode == 0 and f"job {job}: done" in out, f"stdout:\n{out}\nstderr:\n{err[-3000:]}"
+    folder = tmp_path / "cut" / "slurm" / job
+    main_log, other_log = (folder / f"{job}_0_log.out").read_text(), (folder / f"{job}_1_log.out").read_text()
+    first_run, _, second_run = main_log.partition("Requeued job")
+    assert "Calling checkpoint method" in first_run and second_run, main_log[-3000:]
+    assert "resumed from" in second_run, main_log[-3000:]  # not a fresh start
+    assert "Not checkpointing nor requeuing since I am a slave" in other_log  # only rank 0 requeues
+    assert "was requeued: task 0 of this run ends here" in (folder / f"{job}_0_log.err").read_text()
+    for task in (0, 1):  # each task's result is the requeued run's success
+        assert pickle.loads((folder / f"{job}_{task}_result.pkl").read_bytes()) == ("success", 0)
+    assert epochs_done(tmp_path / "cut") == list(range(10))  # each epoch once: none repeated or skipped
+    states = [r["state"] for r in accounting(job) if r["job"] == job]
+    assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", states
+
+    check_ok(train_cli(tiny(tmp_path, "ref", epochs, *SLOW), nproc=2, timeout=150, env=job_env(tmp_path)))
+    resumed, straight = weights(tmp_path / "cut/checkpoints/last.pt"), weights(tmp_path / "ref/checkpoints/last.pt")
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        assert torch.equal(resumed[key], straight[key]), key
