@@ -20,7 +20,7 @@ DATASETS = (
     "ml-latest", "ml-latest-small", "file",
 )
 ML100K_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
-MODELS = ("embeddingnet", "mf")  # mf: biased matrix factorisation (distrib.model_mf)
+MODELS = ("embeddingnet", "mf", "autorec", "ensemble")  # distrib.model, model_mf, model_autorec, model_ensemble
 
 
 @dataclass
@@ -72,6 +72,16 @@ class DataConfig:
 
 
 @dataclass
+class AutoRecConfig:
+    hidden: int = 500  # sigmoid code units
+    l2: float = 100.0  # lambda: lambda/2 * |weights|^2 per pass over the training ratings
+
+    def __post_init__(self):
+        _require(self.hidden > 0, "model.autorec.hidden must be > 0")
+        _require(self.l2 >= 0, "model.autorec.l2 must be >= 0")
+
+
+@dataclass
 class ModelConfig:
     name: str = "embeddingnet"
     n_factors: int = 50
@@ -82,10 +92,23 @@ class ModelConfig:
     # Per-rating L2 on the embeddings (and bias terms) of each batch's users and items: distrib.model_mf
     factor_reg: float = 0.0
     bias_reg: float = 0.0
+    autorec: AutoRecConfig = field(default_factory=AutoRecConfig)
+    # name=ensemble: the members' weighted sum, trained jointly; each member reads its settings above
+    members: list[str] = field(default_factory=list)
+    member_weights: list[float] = field(default_factory=list)  # empty: equal weights
 
     def __post_init__(self):
         _require(self.name in MODELS, f"model.name: unknown model {self.name!r} (choose from {', '.join(MODELS)})")
         _require(self.factor_reg >= 0 and self.bias_reg >= 0, "model.factor_reg and model.bias_reg must be >= 0")
+        if self.name == "ensemble":
+            _require(len(self.members) >= 2 and set(self.members) <= set(MODELS) - {"ensemble"},
+                     "model.members: name=ensemble needs two or more of embeddingnet, mf, autorec")
+            _require(len(set(self.members)) == len(self.members), "model.members: each member at most once")
+            _require(not {"embeddingnet", "mf"} <= set(self.members),
+                     "model.members: embeddingnet and mf both read model.n_factors; ensemble one of them")
+            _require(not self.member_weights or len(self.member_weights) == len(self.members),
+                     "model.member_weights: one weight per member (or none for equal weights)")
+            _require(all(w > 0 for w in self.member_weights), "model.member_weights must be > 0")
         _require(self.n_factors > 0, "model.n_factors must be > 0")
         _require(all(h > 0 for h in self.hidden), "model.hidden: sizes must be > 0")
         _require(len(self.dropouts) <= len(self.hidden), "model.dropouts: more rates than hidden layers")

@@ -7,6 +7,8 @@ to the logit (an option of issue 6's tuning; off by default to keep the article'
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -58,11 +60,23 @@ class EmbeddingNet(nn.Module):
 
 
 def build_model(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, rating_max: float) -> nn.Module:
-    """The model `cfg.name` picks: embeddingnet (the article's, the default) or mf (`distrib.model_mf`)."""
+    """The model `cfg.name` picks: embeddingnet (the article's, the default), mf (`distrib.model_mf`) or
+    autorec (`distrib.model_autorec`, whose input the trainer fills with `attach_train`) or an ensemble of
+    them (`distrib.model_ensemble`)."""
     if cfg.name == "mf":
         from distrib.model_mf import BiasedMF
 
         return BiasedMF(n_users, n_items, cfg.n_factors, rating_min, rating_max)
+    if cfg.name == "autorec":
+        from distrib.model_autorec import IAutoRec
+
+        return IAutoRec(n_users, n_items, cfg.autorec.hidden, cfg.autorec.l2, rating_min, rating_max)
+    if cfg.name == "ensemble":
+        from distrib.model_ensemble import Ensemble
+
+        members = [build_model(replace(cfg, name=name, members=[]), n_users, n_items, rating_min, rating_max)
+                   for name in cfg.members]
+        return Ensemble(cfg, members, rating_min, rating_max)
     return EmbeddingNet(
         n_users=n_users, n_items=n_items, n_factors=cfg.n_factors, hidden=list(cfg.hidden),
         dropouts=list(cfg.dropouts), embedding_dropout=cfg.embedding_dropout,

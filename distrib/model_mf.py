@@ -20,6 +20,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from distrib.config import ModelConfig
+
 MF_INIT_STD = 0.01
 
 
@@ -43,13 +45,16 @@ class BiasedMF(nn.Module):
         return pred if self.training else pred.clamp(self.rating_min, self.rating_max)
 
 
-def build_penalty(factor_reg: float, bias_reg: float, model: nn.Module
-                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
-    """penalty(users, items): the batch's summed L2 term, or None when both strengths are 0.
+def build_penalty(cfg: ModelConfig, model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """penalty(users, items): the batch's L2 term that the trainer adds to the summed squared error, or None.
 
-    Works on any model with embeddings `u` and `m` and optional `user_bias` / `item_bias` embeddings. Each
-    rank passes its own shard of the batch; the trainer scales it like the summed squared error, so the
-    penalty of the global batch is what every world size optimises."""
+    A model with its own `penalty` method (autorec) uses it. Otherwise, for a model with embeddings `u` and
+    `m` and optional `user_bias` / `item_bias`, the per-rating term of `cfg.factor_reg` and `cfg.bias_reg`
+    (None when both are 0). Each rank passes its own shard of the batch; the trainer scales it like the
+    summed squared error, so the penalty of the global batch is what every world size optimises."""
+    if callable(getattr(model, "penalty", None)):
+        return model.penalty
+    factor_reg, bias_reg = cfg.factor_reg, cfg.bias_reg
     if factor_reg == 0 and bias_reg == 0:
         return None
     user_bias, item_bias = getattr(model, "user_bias", None), getattr(model, "item_bias", None)

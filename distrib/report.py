@@ -13,7 +13,8 @@ def finish_run(trainer, tracker, summary: dict) -> None:
     data, step = trainer.data, trainer.progress.step
     steps, lrs = schedule_curve(trainer.cfg.train, trainer.steps_per_epoch, max(step, 1))
     counts = movie_counts(data.n_items, data.train.items)
-    vectors = trainer.model.m.weight.detach().float().cpu().numpy()
+    model = trainer.model  # a model without item embeddings `m` (autorec) names its own item vectors
+    vectors = (model.item_vectors() if hasattr(model, "item_vectors") else model.m.weight).detach().float().cpu().numpy()
     titles = data.titles or [str(raw) for raw in data.item_ids]
     images, ends = write_run_plots(trainer.run.plots, trainer.metrics, steps, lrs, vectors, titles, counts)
     tracker.log_images(step, images)

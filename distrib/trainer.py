@@ -71,7 +71,9 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch(len(self.train_split), cfg.train.batch_size)
         torch.manual_seed(cfg.train.seed)  # the same initial weights whatever the world size
         self.model = build_model(cfg.model, data.n_users, data.n_items, data.rating_min, data.rating_max).to(device)
-        self.penalty = build_penalty(cfg.model.factor_reg, cfg.model.bias_reg, self.model)  # None: plain MSE
+        if hasattr(self.model, "attach_train"):  # models that read the training ratings as input (autorec)
+            self.model.attach_train(data.train)
+        self.penalty = build_penalty(cfg.model, self.model)  # None: plain MSE
         self.optimizer = build_optimizer(self.model, cfg, device)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
         self.early = EarlyStopping(cfg.train.patience)
@@ -158,6 +160,7 @@ class Trainer:
         for idx in rank_batches(perm, cfg.batch_size, env.rank, env.world_size):
             with self.autocast:
                 pred = self.forward(split.users[idx], split.items[idx])
+            # pred may be (members, batch) in training (model_ensemble): each member's own error, summed
             sq_sum = self.guard.observe((pred.float() - split.ratings[idx]).pow(2).sum(), self.progress.step)
             loss = sq_sum if self.penalty is None else sq_sum + self.penalty(split.users[idx], split.items[idx])
             self.optimizer.zero_grad(set_to_none=True)
@@ -275,7 +278,8 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     if not dist.is_initialized():
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    # Buffers are identical on every rank (autorec's rating matrix): no need to broadcast them each step.
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
 
 def _first_mismatch(err: RuntimeError) -> str:

@@ -1,0 +1,67 @@
+"""I-AutoRec (Sedhain et al., WWW 2015), `model.name=autorec`: each movie's column of training ratings is
+encoded into `model.n_factors` sigmoid units and decoded back to one rating per user.
+
+    prediction(u, i) = (W sigmoid(V r_i + b) + c)[u],   r_i = item i's training ratings (0 where unrated)
+
+How it fits the per-rating sampler: the model keeps the training rating matrix as a buffer (items x users,
+float16: MovieLens ratings are exact in it) that the trainer fills once with `attach_train(data.train)`; a
+batch of (user, item) pairs encodes each distinct item of the batch once and reads the batch's users off
+the decoded columns. The loss over a batch of sampled ratings is then an unbiased piece of AutoRec's
+objective (squared error over the observed ratings only). The buffer is saved with the weights, so a
+checkpoint predicts on its own (evaluate, recommend) without the data. Only validation and test ratings
+are ever predicted from training ratings: their own values never enter the input.
+
+The L2 term of the objective, lambda/2 (|V|^2 + |W|^2) per pass over the training ratings, is spread over
+the batches by `penalty`: each batch adds its share (batch ratings / training ratings), which sums to
+one lambda/2 (...) per epoch whatever the batch size or world size. lambda is `model.factor_reg`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from distrib.errors import UserError
+
+MAX_DENSE_ENTRIES = 200_000_000  # items x users of the float16 buffer: 400 MB (ml-10m's 10677 x 69878 is 746M)
+
+
+class IAutoRec(nn.Module):
+    def __init__(self, n_users: int, n_items: int, n_hidden: int, l2: float, rating_min: float, rating_max: float):
+        super().__init__()
+        if n_users * n_items > MAX_DENSE_ENTRIES:
+            raise UserError(f"model.name=autorec keeps the {n_items} x {n_users} rating matrix dense; that is over "
+                            f"{MAX_DENSE_ENTRIES:,} entries: use model.name=mf or embeddingnet for this dataset")
+        self.encoder = nn.Linear(n_users, n_hidden)
+        self.decoder = nn.Linear(n_hidden, n_users)
+        self.register_buffer("ratings", torch.zeros(n_items, n_users, dtype=torch.float16))
+        self.register_buffer("n_train", torch.zeros((), dtype=torch.int64))
+        self.l2 = float(l2)
+        self._n_train = 0
+        self.rating_min, self.rating_max = float(rating_min), float(rating_max)
+
+    @torch.no_grad()
+    def attach_train(self, train) -> None:
+        """Fill the input matrix from the training split (parallel arrays users, items, ratings)."""
+        device = self.ratings.device
+        users = torch.as_tensor(train.users, dtype=torch.int64).to(device)
+        items = torch.as_tensor(train.items, dtype=torch.int64).to(device)
+        self.ratings.zero_()
+        self.ratings[items, users] = torch.as_tensor(train.ratings).to(device, torch.float16)
+        self.n_train.fill_(users.numel())
+        self._n_train = users.numel()  # a host copy: no device sync per step in penalty()
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        distinct, row = torch.unique(items, return_inverse=True)
+        decoded = self.decoder(torch.sigmoid(self.encoder(self.ratings[distinct].to(self.encoder.weight.dtype))))
+        pred = decoded[row, users].float()
+        return pred if self.training else pred.clamp(self.rating_min, self.rating_max)
+
+    @torch.no_grad()
+    def item_vectors(self) -> torch.Tensor:
+        """Each movie's code (its hidden units), the model's item embedding for plots and reports."""
+        return torch.sigmoid(self.encoder(self.ratings.to(self.encoder.weight.dtype)))
+
+    def penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        n_train = self._n_train or max(int(self.n_train), 1)
+        share = users.numel() / n_train
+        return (0.5 * self.l2 * share) * (self.encoder.weight.pow(2).sum() + self.decoder.weight.pow(2).sum())
