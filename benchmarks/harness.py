@@ -1,0 +1,141 @@
+"""Shared pieces of the benchmarks: the article's configuration, an in-process distrib Trainer with a clock
+that can pause for test evaluations, FLOP counting, and matmul peak rates measured on this machine.
+
+Not a benchmark itself; the scripts next to it import it (run them from the repository root).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from distrib.config import Config, load_config  # noqa: E402
+from distrib.data import PreparedData, load_dataset  # noqa: E402
+from distrib.distributed import DistEnv  # noqa: E402
+from distrib.rundir import RunDir  # noqa: E402
+from distrib.tracking import NullTracker  # noqa: E402
+from distrib.trainer import Trainer, to_device  # noqa: E402
+
+ARTICLE_CONFIG = REPO / "configs" / "ml-100k-article.yaml"  # 150 factors, [500,500,500], batch 2000, Adam 1e-3, wd 1e-5
+DATA_ROOT = os.environ.get("DISTRIB_TEST_DATA", "/work/shared/data")
+SINGLE = DistEnv(rank=0, local_rank=0, world_size=1, master_addr="127.0.0.1", master_port=0, launcher="single")
+
+
+def article_config(*overrides: str) -> Config:
+    base = [f"data.root={DATA_ROOT}", f"data.cache_dir={tempfile.gettempdir()}/distrib-bench-cache"]
+    return load_config(str(ARTICLE_CONFIG), base + list(overrides))
+
+
+def load_article_data(cfg: Config) -> PreparedData:
+    return load_dataset(cfg.data)
+
+
+def train_flops_per_sample(cfg: Config) -> float:
+    """Matmul FLOPs of one training sample, forward + backward (backward = 2x forward: input and weight grads)."""
+    widths = [2 * cfg.model.n_factors, *cfg.model.hidden, 1]
+    macs = sum(a * b for a, b in zip(widths, widths[1:]))
+    return 3 * 2 * macs
+
+
+class TimedTrainer(Trainer):
+    """A Trainer that, after each epoch, evaluates the test split with the current weights on a paused clock,
+    so the benchmark can report the wall time at which a target test RMSE was first reached."""
+
+    def __init__(self, *args, target_rmse: float = 0.0, **kwargs):
+        self.clock_start = time.perf_counter()
+        self.paused_s = 0.0
+        super().__init__(*args, **kwargs)
+        self.test_split = to_device(self.data.test, self.device)
+        self.target_rmse = target_rmse
+        self.reached_s: float | None = None
+        self.epoch_rows: list[dict] = []
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.clock_start - self.paused_s
+
+    def _run_epoch(self, epoch: int) -> None:
+        super()._run_epoch(epoch)
+        at = self.elapsed()
+        paused = time.perf_counter()
+        test = self.evaluate(self.test_split)
+        self.paused_s += time.perf_counter() - paused
+        row = self.metrics[-1]
+        self.epoch_rows.append({"epoch": epoch + 1, "elapsed_s": at, "test_rmse": test["rmse"],
+                                "val_rmse": row["val_rmse"], "epoch_s": row["epoch_seconds"]})
+        if self.reached_s is None and test["rmse"] <= self.target_rmse:
+            self.reached_s = at
+
+
+def build_trainer(cls, cfg: Config, env: DistEnv, device: torch.device, data: PreparedData, run: RunDir, **kwargs):
+    """The Trainer's constructor took the tracker until fit() did; accept either."""
+    if "tracker" in inspect.signature(Trainer.__init__).parameters:
+        return cls(cfg, env, device, data, run, NullTracker(), **kwargs)
+    return cls(cfg, env, device, data, run, **kwargs)
+
+
+def fit(trainer) -> dict:
+    return trainer.fit(NullTracker()) if "tracker" in inspect.signature(trainer.fit).parameters else trainer.fit()
+
+
+def run_distrib(cfg: Config, data: PreparedData, target_rmse: float = 0.0) -> dict:
+    """Train in this process (one rank) and return the summary plus per-epoch figures."""
+    with tempfile.TemporaryDirectory(prefix="distrib-bench-run-") as tmp:
+        run = RunDir(tmp)
+        run.open()
+        try:
+            trainer = build_trainer(TimedTrainer, cfg, SINGLE, torch.device("cpu"), data, run, target_rmse=target_rmse)
+            summary = fit(trainer)
+            total_s = trainer.elapsed()
+        finally:
+            run.close()
+    rows = trainer.epoch_rows
+    train_s = sum(r["epoch_seconds"] for r in trainer.metrics)
+    samples = trainer.steps_per_epoch * cfg.train.batch_size * len(trainer.metrics)
+    return {"summary": summary, "rows": rows, "total_s": total_s, "reached_s": trainer.reached_s,
+            "samples_per_s": samples / train_s, "epochs": len(rows)}
+
+
+def time_call(fn, repeat: int, warmup: int = 2) -> float:
+    """Median seconds of fn() over repeat calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def matmul_rates(device: str = "cpu", n: int = 2048, repeat: int = 5) -> dict:
+    """Achieved FLOP/s of a big square matmul in fp32 and bf16, and of the article's hidden Linear shape."""
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        seconds = time_call(lambda: (a @ b, sync()), repeat)
+        rates[name] = 2 * n ** 3 / seconds
+        x = torch.randn(2000, 500, device=device, dtype=dtype)
+        w = torch.randn(500, 500, device=device, dtype=dtype)
+        seconds = time_call(lambda: (x @ w, sync()), repeat * 4)
+        rates[f"{name}_2000x500x500"] = 2 * 2000 * 500 * 500 / seconds
+    return rates
+
+
+def fmt_rate(flops: float) -> str:
+    return f"{flops / 1e9:.0f} GFLOP/s" if flops < 1e12 else f"{flops / 1e12:.2f} TFLOP/s"
+
+
+def rmse_str(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"

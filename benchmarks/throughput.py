@@ -1,0 +1,89 @@
+"""Issue 5, targets 1, 2 and 5: distrib against the article's plain loop, side by side in one run.
+
+    python benchmarks/throughput.py --quick                 # ~1 min: 3 epochs each, samples/s only
+    python benchmarks/throughput.py                         # ~3 min: every variant to early stopping
+    python benchmarks/throughput.py --variants fp32 bf16 bf16+compile
+
+The article's configuration (configs/ml-100k-article.yaml) on ml-100k u1, one process, default threads. Prints this
+machine's measured fp32 and bf16 matmul rates; then per variant: samples/s, the ratio to the article loop run
+in the same process, achieved matmul FLOP/s and its share of each peak, and (full mode) test RMSE of the
+best-validation weights and wall time until the test RMSE first reaches the article loop's final RMSE.
+Asserts nothing about time.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+
+from article_baseline import train_article
+from harness import (article_config, fmt_rate, load_article_data, matmul_rates, rmse_str, run_distrib,
+                     train_flops_per_sample)
+
+VARIANTS = {
+    "fp32": ["train.precision=fp32"],
+    "bf16": ["train.precision=bf16"],
+    "fp32+compile": ["train.precision=fp32", "train.compile=true"],
+    "bf16+compile": ["train.precision=bf16", "train.compile=true"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 epochs per variant: throughput only")
+    parser.add_argument("--epochs", type=int, default=0, help="cap epochs (default: 3 with --quick, else 100)")
+    parser.add_argument("--variants", nargs="+", default=["fp32", "bf16"], choices=list(VARIANTS))
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--target-rmse", type=float, default=0.0,
+                        help="with --no-baseline: report the time to this test RMSE (an earlier loop's result)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    epochs = args.epochs or (3 if args.quick else 100)
+    cfg = article_config(f"train.epochs={epochs}")
+    data = load_article_data(cfg)
+    flops = train_flops_per_sample(cfg)
+    print(f"{data.description}; threads {torch.get_num_threads()}; {flops / 1e6:.2f} MFLOP per training sample")
+    peaks = matmul_rates()
+    print("measured matmul peaks: " + ", ".join(f"{k} {fmt_rate(v)}" for k, v in peaks.items()))
+
+    results = {}
+    if not args.no_baseline:
+        base = train_article(data, epochs=epochs, log=lambda *_: None)
+        results["article loop"] = base
+        target = base["test_rmse"]
+        print(f"article loop: {base['samples_per_s']:.0f} samples/s, test RMSE {base['test_rmse']:.4f}", flush=True)
+    else:
+        target = args.target_rmse
+    for name in args.variants:
+        out = run_distrib(article_config(f"train.epochs={epochs}", *VARIANTS[name]), data, target_rmse=target)
+        results[f"distrib {name}"] = {"samples_per_s": out["samples_per_s"], "total_s": out["total_s"],
+                                      "epochs": out["epochs"], "test_rmse": out["summary"].get("test_rmse"),
+                                      "best_epoch": out["summary"]["best_epoch"], "reached_s": out["reached_s"]}
+        print(f"distrib {name}: {out['samples_per_s']:.0f} samples/s, test RMSE {out['summary'].get('test_rmse'):.4f}",
+              flush=True)  # a run cut off by a timeout still leaves its figures
+    report(results, flops, peaks, quick=args.quick)
+
+
+def report(results: dict, flops: float, peaks: dict, quick: bool) -> None:
+    base = results.get("article loop")
+    print(f"\n{'variant':22s} {'samples/s':>10s} {'x loop':>7s} {'matmul FLOP/s':>14s} {'%fp32pk':>8s} {'%bf16pk':>8s} "
+          f"{'epochs':>6s} {'best':>5s} {'test RMSE':>9s} {'wall s':>7s} {'to-target s':>11s} {'x loop':>7s}")
+    for name, r in results.items():
+        rate = r["samples_per_s"] * flops
+        speedup = r["samples_per_s"] / base["samples_per_s"] if base else float("nan")
+        reached = r.get("reached_s")
+        ttq = ""
+        if base and reached:
+            ttq = f"{reached:11.1f} {base['total_s'] / reached:6.1f}x"
+        print(f"{name:22s} {r['samples_per_s']:10.0f} {speedup:6.2f}x {fmt_rate(rate):>14s} "
+              f"{100 * rate / peaks['fp32']:7.1f}% {100 * rate / peaks['bf16']:7.1f}% {r['epochs']:6d} "
+              f"{r['best_epoch']:5d} {rmse_str(r['test_rmse']):>9s} {r['total_s']:7.1f} {ttq}")
+    if base and not quick:
+        print(f"\ntime to quality: target = the article loop's final test RMSE {base['test_rmse']:.4f}; the loop itself "
+              f"took {base['total_s']:.1f}s to finish ({base['best_at_s']:.1f}s to its best epoch). "
+              "'x loop' in the last column = loop's total wall time / variant's time to reach the target.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""distrib.ops: the fast CPU dropout is a correct dropout (rate, mean, gradient, replayable), in fp32, bf16 and
+under torch.compile."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distrib.ops import dropout, keep_mask, keep_scale, relu_dropout
+
+N = 400_000
+
+
+@pytest.mark.parametrize("p", [0.05, 0.25, 0.5, 0.75, 0.125, 0.9, 1 / 3])
+def test_mask_rate_matches_p(p):
+    torch.manual_seed(0)
+    mask, scale = keep_mask(torch.Size([N]), p, torch.float32, torch.device("cpu"))
+    kept = mask.mean().item()
+    sigma = math.sqrt(p * (1 - p) / N)
+    assert abs((1 - kept) - p) < 5 * sigma + 1 / 65536
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert scale == pytest.approx(1 / (1 - p), rel=1e-4)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.25, 0.5])
+def test_mask_lanes_are_independent(p):
+    """Each random word feeds 4 or 8 elements: neighbours must not be correlated."""
+    torch.manual_seed(1)
+    mask, _ = keep_mask(torch.Size([N]), p, torch.float32, torch.device("cpu"))
+    a, b = mask[:-1] - mask.mean(), mask[1:] - mask.mean()
+    corr = (a * b).mean() / mask.var()
+    assert abs(corr.item()) < 5 / math.sqrt(N)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.05, 0.25, 0.5])
+def test_dropout_preserves_mean_and_gradient_matches_mask(dtype, p):
+    torch.manual_seed(2)
+    x = torch.full((N,), 3.0, dtype=dtype, requires_grad=True)
+    y = dropout(x, p, training=True)
+    assert y.dtype == dtype
+    kept = y != 0
+    scale = keep_scale(p)
+    assert torch.allclose(y[kept].float(), torch.tensor(3.0 * scale), rtol=1e-2)
+    assert y.float().mean().item() == pytest.approx(3.0, abs=5 * 3.0 * scale * math.sqrt(p * (1 - p) / N))
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad != 0, kept)
+    assert torch.allclose(x.grad[kept].float(), torch.tensor(scale), rtol=1e-2)
+
+
+def test_relu_dropout_equals_dropout_of_relu_with_the_same_mask():
+    torch.manual_seed(3)
+    x = torch.randn(2000, 500, requires_grad=True)
+    torch.manual_seed(4)
+    y = relu_dropout(x, 0.25, training=True)
+    torch.manual_seed(4)
+    mask, scale = keep_mask(x.shape, 0.25, x.dtype, x.device)
+    assert torch.equal(y, torch.relu(x.detach()) * mask * scale)
+    g = torch.randn_like(y)
+    y.backward(g)
+    assert torch.allclose(x.grad, g * mask * scale * (x.detach() > 0))
+
+
+def test_eval_and_zero_rate_are_identity():
+    x = torch.randn(100, 10)
+    assert dropout(x, 0.5, training=False) is x
+    assert dropout(x, 0.0, training=True) is x
+    assert torch.equal(relu_dropout(x, 0.5, training=False), torch.relu(x))
+    assert torch.equal(relu_dropout(x, 0.0, training=True), torch.relu(x))
+
+
+def test_masks_replay_from_the_seed():
+    x = torch.randn(1000, 50)
+    torch.manual_seed(7)
+    first = [dropout(x, 0.05, True), relu_dropout(x, 0.5, True)]
+    torch.manual_seed(7)
+    second = [dropout(x, 0.05, True), relu_dropout(x, 0.5, True)]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_compiled_masks_differ_per_call_and_gradients_follow_them():
+    """Under torch.compile two same-shaped masks must not be merged, nor a mask redrawn for backward."""
+
+    def f(x):
+        return dropout(x, 0.5, True), dropout(x * 1.0, 0.5, True)
+
+    compiled = torch.compile(f, fullgraph=True)
+    x = torch.rand(200, 300) + 1.0
+    x.requires_grad_(True)
+    a, b = compiled(x)
+    assert not torch.equal(a != 0, b != 0)
+    (a.sum()).backward()
+    assert torch.equal(x.grad != 0, a != 0)
