@@ -34,15 +34,17 @@ from distrib.config import load_config  # noqa: E402
 from distrib.data import load_dataset  # noqa: E402
 from distrib.ranking import KnownItems, ranking_metrics  # noqa: E402
 
-DATASETS = {  # name -> (split label, distrib configs by method name)
+DATASETS = {  # name -> (split label, {method: (distrib config, extra overrides)})
     "ml-100k": ("u1", {
-        "distrib article EmbeddingNet": "configs/ml-100k-article.yaml",
-        "distrib EmbeddingNet tuned": "configs/ml-100k-embeddingnet.yaml",
-        "distrib best (ml-100k.yaml)": "configs/ml-100k.yaml",
+        "distrib EmbeddingNet, article": ("configs/ml-100k-article.yaml", []),
+        "distrib EmbeddingNet, tuned": ("configs/ml-100k-embeddingnet.yaml", []),
+        "distrib biased MF": ("configs/ml-100k.yaml", ["model.name=mf", "train.lr=3e-3"]),
+        "distrib I-AutoRec": ("configs/ml-100k.yaml", ["model.name=autorec", "train.lr=1e-3"]),
+        "distrib I-AutoRec + MF (ml-100k.yaml)": ("configs/ml-100k.yaml", []),
     }),
     "ml-latest-small": ("random 80/20", {
-        "distrib article EmbeddingNet": "configs/ml-100k-article.yaml",  # same model, dataset overridden
-        "distrib best (ml-latest-small.yaml)": "configs/ml-latest-small.yaml",
+        "distrib EmbeddingNet, article": ("configs/ml-100k-article.yaml", []),  # the model; data overridden
+        "distrib I-AutoRec + MF (ml-latest-small.yaml)": ("configs/ml-latest-small.yaml", []),
     }),
 }
 SURPRISE_METHODS = ("Surprise SVD", "Surprise SVD++")
@@ -128,8 +130,9 @@ def measure(dataset: str, method: str, seed: int, args, work: Path) -> dict:
     label, configs = DATASETS[dataset]
     overrides = data_overrides(dataset, args.data_root, args.cache_dir) + seed_overrides(seed)
     if method in configs:
-        return run_distrib(configs[method], overrides, work)
-    cfg = load_config(configs[next(iter(configs))], overrides)
+        config, extra = configs[method]
+        return run_distrib(config, overrides + extra, work)
+    cfg = load_config(next(iter(configs.values()))[0], overrides)
     data = load_dataset(cfg.data)
     scores, seconds = surprise_scores(method, data, seed)
     return {**score_matrix_metrics(scores, data), "train_s": seconds}
