@@ -36,14 +36,14 @@ from distrib.ranking import KnownItems, ranking_metrics  # noqa: E402
 
 DATASETS = {  # name -> (split label, {method: (distrib config, extra overrides)})
     "ml-100k": ("u1", {
-        "distrib EmbeddingNet, article": ("configs/ml-100k-article.yaml", []),
-        "distrib EmbeddingNet, tuned": ("configs/ml-100k-embeddingnet.yaml", []),
+        "distrib EmbeddingNet (article)": ("configs/ml-100k-article.yaml", []),
+        "distrib EmbeddingNet (tuned)": ("configs/ml-100k-embeddingnet.yaml", []),
         "distrib biased MF": ("configs/ml-100k.yaml", ["model.name=mf", "train.lr=3e-3"]),
         "distrib I-AutoRec": ("configs/ml-100k.yaml", ["model.name=autorec", "train.lr=1e-3"]),
         "distrib I-AutoRec + MF (ml-100k.yaml)": ("configs/ml-100k.yaml", []),
     }),
     "ml-latest-small": ("random 80/20", {
-        "distrib EmbeddingNet, article": ("configs/ml-100k-article.yaml", []),  # the model; data overridden
+        "distrib EmbeddingNet (article)": ("configs/ml-100k-article.yaml", []),  # the model; data overridden
         "distrib I-AutoRec + MF (ml-latest-small.yaml)": ("configs/ml-latest-small.yaml", []),
     }),
 }
@@ -60,15 +60,18 @@ def data_overrides(dataset: str, data_root: str, cache_dir: str) -> list[str]:
 
 
 def run_distrib(config: str, overrides: list[str], work: Path) -> dict:
-    from distrib.evaluate import evaluate_run, load_run
-
     run_dir = work / f"run-{time.monotonic_ns()}"
     cmd = [sys.executable, "-m", "distrib.train", config, *overrides, f"run.dir={run_dir}", "train.log_every_steps=100000"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    result = evaluate_run(load_run(run_dir), "test", max_users=0)
+    # The evaluation CLI in its own process, as a user would run it (and with the code that trained the run).
+    cmd = [sys.executable, "-m", "distrib.evaluate", str(run_dir), "--split", "test", "--max-users", "0", "--json"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["train_s"] = sum(row["epoch_seconds"] for row in rows)
     return result
 
