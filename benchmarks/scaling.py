@@ -1,13 +1,15 @@
 """Issue 5, target 3: same global batch on 1 rank x 1 thread against 2 gloo ranks x 1 thread, and the share of
 a step spent synchronising gradients.
 
-    python benchmarks/scaling.py [--precision bf16] [--epochs 2] [--ranks 1 2]
+    python benchmarks/scaling.py [--precision bf16] [--epochs 2] [--ranks 1 2] [--setups ddp-default buckets-1mb ...]
 
 Launches `torchrun --standalone --nproc_per_node=N benchmarks/scaling.py --worker` for each N with
 OMP_NUM_THREADS=1 (the machine has 2 cores). Each worker builds distrib's real Trainer (DDP, the article's
 configuration, ml-100k u1), runs a warm-up epoch, then times the hot loop `_train_epoch` with gradient sync and
 inside `ddp.no_sync()`, and times `dist.all_reduce` of a gradient-sized fp32 buffer. Prints samples/s per world
-size, the speedup, and the all-reduce share of a step. Asserts nothing about time.
+size, the speedup, and the all-reduce share of a step. Multi-rank runs are repeated for each DDP setup
+(`SETUPS`: DDP's default single 25 MB bucket, 1 MB buckets, 1 MB buckets + bf16 gradient compression), each against
+the same 1-rank run. Asserts nothing about time.
 """
 from __future__ import annotations
 
@@ -24,6 +26,12 @@ import torch.distributed as dist
 
 from harness import REPO, article_config, build_trainer, load_article_data, time_call
 
+SETUPS = {  # DDP setups compared (dist.* overrides)
+    "ddp-default": ["dist.bucket_cap_mb=25", "dist.grad_compression=none"],  # before issue 5's change: one bucket
+    "buckets-1mb": ["dist.bucket_cap_mb=1", "dist.grad_compression=none"],  # distrib's default now
+    "buckets-1mb+bf16": ["dist.bucket_cap_mb=1", "dist.grad_compression=bf16"],
+}
+
 
 def worker(args) -> None:
     from distrib.distributed import close_process_group, init_process_group, resolve_env
@@ -34,7 +42,7 @@ def worker(args) -> None:
     device = torch.device("cpu")
     init_process_group(env, device, "gloo", 120.0)
     cfg = article_config(f"train.precision={args.precision}", f"train.compile={str(args.compile).lower()}",
-                         "train.log_every_steps=1000000")
+                         "train.log_every_steps=1000000", *SETUPS[args.setup])
     data = load_article_data(cfg)
     with tempfile.TemporaryDirectory(prefix="distrib-scaling-") as tmp:
         run = RunDir(f"{tmp}/rank{env.rank}")
@@ -45,7 +53,8 @@ def worker(args) -> None:
         with trainer.ddp.no_sync():
             local = _time_epochs(trainer, range(1 + args.epochs, 1 + 2 * args.epochs))
         n_params = sum(p.numel() for p in trainer.model.parameters())
-        buffer = torch.zeros(n_params)
+        wire = torch.bfloat16 if cfg.dist.grad_compression == "bf16" else torch.float32
+        buffer = torch.zeros(n_params, dtype=wire)
         allreduce_s = time_call(lambda: dist.all_reduce(buffer), repeat=20, warmup=3)
         run.close()
     steps = trainer.steps_per_epoch * args.epochs
@@ -53,7 +62,7 @@ def worker(args) -> None:
         print("RESULT " + json.dumps({
             "world_size": env.world_size, "samples_per_s": steps * cfg.train.batch_size / synced,
             "step_ms": 1e3 * synced / steps, "step_no_sync_ms": 1e3 * local / steps,
-            "allreduce_ms": 1e3 * allreduce_s, "grad_mb": 4 * n_params / 2**20,
+            "allreduce_ms": 1e3 * allreduce_s, "grad_mb": buffer.element_size() * n_params / 2**20,
         }), flush=True)
     close_process_group()
 
@@ -67,12 +76,12 @@ def _time_epochs(trainer, epochs) -> float:
     return time.perf_counter() - start
 
 
-def launch(nproc: int, args) -> dict:
+def launch(nproc: int, args, setup: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT") and not k.startswith("SLURM_")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           __file__, "--worker", "--precision", args.precision, "--epochs", str(args.epochs)]
+           __file__, "--worker", "--precision", args.precision, "--epochs", str(args.epochs), "--setup", setup]
     if args.compile:
         cmd.append("--compile")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -89,18 +98,23 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per measurement (36 steps each)")
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--setup", default="ddp-default", choices=list(SETUPS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    results = [launch(n, args) for n in args.ranks]
-    base = results[0]
+    base = launch(args.ranks[0], args, args.setups[0])
+    results = [dict(base, setup="-")]
+    for setup in args.setups:  # interleaved by setup; each multi-rank run against the same 1-rank run
+        for n in args.ranks[1:]:
+            results.append(dict(launch(n, args, setup), setup=setup))
     print(f"article config, ml-100k u1, global batch 2000, {args.precision}{' +compile' if args.compile else ''}, "
           "gloo, 1 thread per rank")
-    print(f"{'ranks':>5s} {'samples/s':>10s} {'speedup':>8s} {'step ms':>8s} {'no-sync ms':>10s} "
+    print(f"{'setup':20s} {'ranks':>5s} {'samples/s':>10s} {'speedup':>8s} {'step ms':>8s} {'no-sync ms':>10s} "
           f"{'sync share':>10s} {'all_reduce ms':>13s} {'grad MB':>8s}")
     for r in results:
         share = max(0.0, r["step_ms"] - r["step_no_sync_ms"]) / r["step_ms"]
-        print(f"{r['world_size']:5d} {r['samples_per_s']:10.0f} {r['samples_per_s'] / base['samples_per_s']:7.2f}x "
+        print(f"{r['setup']:20s} {r['world_size']:5d} {r['samples_per_s']:10.0f} {r['samples_per_s'] / base['samples_per_s']:7.2f}x "
               f"{r['step_ms']:8.1f} {r['step_no_sync_ms']:10.1f} {100 * share:9.1f}% {r['allreduce_ms']:13.2f} "
               f"{r['grad_mb']:8.2f}")
 

@@ -41,17 +41,27 @@ def _lanes(p: float) -> tuple[int, int]:
     return bits, round(p * (1 << bits))
 
 
-def _keep(fields: torch.Tensor, p: float, dtype: torch.dtype) -> torch.Tensor:
-    """Uniform random fields -> 0/1 of dtype (1 where field >= dropped). Plain ops: torch.compile fuses them."""
+def _keep(fields: torch.Tensor, p: float, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+    """Uniform random fields -> 0/1 of dtype (1 where field >= dropped). Plain ops: torch.compile fuses them.
+    scale=2.0 (only for p=0.5, see `_folded_scale`) gives 0/2 instead: the uint8 mask shifted left by one, which is
+    cheaper than a multiply of the dtype tensor by the scale afterwards."""
     bits, dropped = _lanes(p)
     if bits < 16 and dropped & (dropped - 1) == 0:  # a power of two: shifts, which are much cheaper than >=
         shift = dropped.bit_length() - 1
         keep = fields >> shift if shift else fields
-        return (keep if bits - shift == 1 else keep.clamp_max(1)).to(dtype)
+        keep = keep if bits - shift == 1 else keep.clamp_max(1)
+        return (keep << 1 if scale == 2.0 else keep).to(dtype)
+    assert scale == 1.0
     keep = fields >= (dropped if bits < 16 else dropped - (1 << 15))
     if torch.compiler.is_compiling():  # inductor fuses the cast (and older versions cannot lower the view)
         return keep.to(dtype)
     return keep.view(torch.uint8).to(dtype)  # eager bool -> float is a slow path on CPU; uint8 -> float is not
+
+
+def _folded_scale(p: float) -> float:
+    """The scale folded into the mask: 2.0 for p=0.5 (exact in every dtype, so x * (mask * 2) equals
+    (x * mask) * 2 bit for bit), else 1.0 (the scale is applied as a Python float, see _Dropout)."""
+    return 2.0 if keep_scale(p) == 2.0 else 1.0
 
 
 def random_fields(shape: list[int], bits: int, device: torch.device) -> torch.Tensor:
@@ -87,24 +97,27 @@ def _(x: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.empty(x.shape, dtype=torch.int16 if bits == 16 else torch.uint8, device=x.device)
 
 
-def _keep_like(x: torch.Tensor, p: float) -> torch.Tensor:
-    return _keep(random_fields_like(x, _lanes(p)[0]), p, x.dtype)
+def _keep_like(x: torch.Tensor, p: float, scale: float = 1.0) -> torch.Tensor:
+    return _keep(random_fields_like(x, _lanes(p)[0]), p, x.dtype, scale)
 
 
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        mask, scale = _keep_like(x, p), keep_scale(p)
+        folded = _folded_scale(p)
+        mask, scale = _keep_like(x, p, folded), keep_scale(p) / folded
         ctx.save_for_backward(mask)
         ctx.scale = scale
-        # The scale stays a Python float: a scalar multiply runs in fp32 even on bf16 tensors, where a scaled
-        # bf16 mask would round 1/(1 - p) (4/3 by 0.2%) and bias the layer's mean.
-        return (x * mask).mul_(scale)
+        # Where the scale is not exact in x's dtype it stays a Python float: a scalar multiply runs in fp32 even on
+        # bf16 tensors, where a scaled bf16 mask would round 1/(1 - p) (4/3 by 0.2%) and bias the layer's mean.
+        out = x * mask
+        return out if scale == 1.0 else out.mul_(scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (mask,) = ctx.saved_tensors
-        return (grad * mask).mul_(ctx.scale), None
+        out = grad * mask
+        return (out if ctx.scale == 1.0 else out.mul_(ctx.scale)), None
 
 
 class _ReluDropout(torch.autograd.Function):
@@ -113,10 +126,13 @@ class _ReluDropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        mask, scale = _keep_like(x, p), keep_scale(p)
-        out = torch.relu(x).mul_(mask).mul_(scale)
+        folded = _folded_scale(p)
+        mask = _keep_like(x, p, folded)  # already scaled where exact: one pass fewer
+        out = torch.relu(x).mul_(mask)
+        if folded == 1.0:
+            out.mul_(keep_scale(p))
         ctx.save_for_backward(out)
-        ctx.scale = scale
+        ctx.scale = keep_scale(p)
         return out
 
     @staticmethod

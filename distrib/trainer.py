@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from distrib import checkpoint as ckpt
-from distrib.config import Config, to_dict
+from distrib.config import Config, DistConfig, to_dict
 from distrib.data import PreparedData, RatingSplit
 from distrib.distributed import DistEnv
 from distrib.early_stopping import EarlyStopping
@@ -85,7 +85,7 @@ class Trainer:
             # The module, not the DDP wrapper: the same compiled graph serves training and evaluate, and DDP
             # stays eager (no graph split at bucket boundaries). state_dict keys are unchanged.
             self.model.compile()
-        self.ddp = wrap_ddp(self.model, device)
+        self.ddp = wrap_ddp(self.model, device, cfg.dist)
         self.forward = self.ddp
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                          if cfg.train.precision == "bf16" else nullcontext())
@@ -274,12 +274,34 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -
                             fused=fused or None)
 
 
-def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def wrap_ddp(model: torch.nn.Module, device: torch.device, cfg: DistConfig | None = None) -> torch.nn.Module:
     if not dist.is_initialized():
         return model
+    cfg = cfg or DistConfig()
     ids = [device.index] if device.type == "cuda" else None
     # Buffers are identical on every rank (autorec's rating matrix): no need to broadcast them each step.
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    # Small buckets (dist.bucket_cap_mb): the MLP's gradients are all-reduced while the embeddings' backward runs.
+    # gradient_as_bucket_view: .grad is a view of DDP's bucket, which saves a copy of every gradient per step.
+    ddp = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False, bucket_cap_mb=cfg.bucket_cap_mb,
+                                  gradient_as_bucket_view=True)
+    if cfg.grad_compression == "bf16":
+        ddp.register_comm_hook(None, _bf16_allreduce_hook)
+    return ddp
+
+
+def _bf16_allreduce_hook(group, bucket):
+    """DDP's bf16_compress_hook (average in bf16 on the wire, back to fp32), which torch refuses outside CUDA/XPU;
+    gloo all-reduces bf16 on CPU. Every rank decompresses the same bf16 sum, so ranks stay identical."""
+    group = group if group is not None else dist.group.WORLD
+    buffer = bucket.buffer()
+    compressed = buffer.to(torch.bfloat16).div_(group.size())
+    future = dist.all_reduce(compressed, group=group, async_op=True).get_future()
+
+    def decompress(fut):
+        buffer.copy_(fut.value()[0])
+        return buffer
+
+    return future.then(decompress)
 
 
 def _first_mismatch(err: RuntimeError) -> str:
