@@ -142,14 +142,14 @@ def measure(dataset: str, method: str, seed: int, args, work: Path) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"| dataset | split | method | test RMSE | MAE | HR@10 | NDCG@10 | train s |"
+    head = "| dataset | split | method | test RMSE | MAE | HR@10 | NDCG@10 | train s |"
     lines = [head, "|" + "---|" * 8]
     for row in rows:
         def stat(key, digits=4):
             values = np.asarray(row[key])
             return f"{values.mean():.{digits}f} ± {values.std(ddof=1) if values.size > 1 else 0:.{digits}f}"
         lines.append(f"| {row['dataset']} | {row['split']} | {row['method']} | {stat('rmse')} | {stat('mae')} | "
-                     f"{stat('hr@10', 3)} | {stat('ndcg@10', 3)} | {np.mean(row['train_s']):.0f} |")
+                     f"{stat('hr@10', 3)} | {stat('ndcg@10', 3)} | {np.mean(row['train_s']):.1f} |")
     return "\n".join(lines)
 
 
