@@ -30,6 +30,8 @@ VARIANTS = {
     # user/item bias terms (model.bias), which converge in fewer epochs; judged by the same final test RMSE
     "bf16+bias": ["train.precision=bf16", "model.bias=true"],
     "fp32+bias": ["train.precision=fp32", "model.bias=true"],
+    "bf16+lr2x": ["train.precision=bf16", "train.lr=2e-3"],
+    "bf16+batch4000": ["train.precision=bf16", "train.batch_size=4000"],  # lr x sqrt(2) by train.lr_scaling=sqrt
 }
 
 
@@ -77,9 +79,9 @@ def report(results: dict, flops: float, peaks: dict, quick: bool) -> None:
         rate = r["samples_per_s"] * flops
         speedup = r["samples_per_s"] / base["samples_per_s"] if base else float("nan")
         reached = r.get("reached_s")
-        ttq = ""
+        ttq = f"{reached:11.1f}" if reached else ""
         if base and reached:
-            ttq = f"{reached:11.1f} {base['total_s'] / reached:6.1f}x"
+            ttq += f" {base['total_s'] / reached:6.1f}x"
         print(f"{name:22s} {r['samples_per_s']:10.0f} {speedup:6.2f}x {fmt_rate(rate):>14s} "
               f"{100 * rate / peaks['fp32']:7.1f}% {100 * rate / peaks['bf16']:7.1f}% {r['epochs']:6d} "
               f"{r['best_epoch']:5d} {rmse_str(r['test_rmse']):>9s} {r['total_s']:7.1f} {ttq}")
