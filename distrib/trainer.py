@@ -86,7 +86,6 @@ class Trainer:
             # stays eager (no graph split at bucket boundaries). state_dict keys are unchanged.
             self.model.compile()
         self.ddp = wrap_ddp(self.model, device, cfg.dist)
-        self.forward = self.ddp
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                          if cfg.train.precision == "bf16" else nullcontext())
 
@@ -159,7 +158,7 @@ class Trainer:
         split = self.train_split
         for idx in rank_batches(perm, cfg.batch_size, env.rank, env.world_size):
             with self.autocast:
-                pred = self.forward(split.users[idx], split.items[idx])
+                pred = self.ddp(split.users[idx], split.items[idx])
             # pred may be (members, batch) in training (model_ensemble): each member's own error, summed
             sq_sum = self.guard.observe((pred.float() - split.ratings[idx]).pow(2).sum(), self.progress.step)
             loss = sq_sum if self.penalty is None else sq_sum + self.penalty(split.users[idx], split.items[idx])
