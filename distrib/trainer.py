@@ -281,8 +281,10 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, cfg: DistConfig | Non
     # Buffers are identical on every rank (autorec's rating matrix): no need to broadcast them each step.
     # Small buckets (dist.bucket_cap_mb): the MLP's gradients are all-reduced while the embeddings' backward runs.
     # gradient_as_bucket_view: .grad is a view of DDP's bucket, which saves a copy of every gradient per step.
-    ddp = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False, bucket_cap_mb=cfg.bucket_cap_mb,
-                                  gradient_as_bucket_view=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.13 renames broadcast_buffers; older torch lacks the new name
+        ddp = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False,
+                                      bucket_cap_mb=cfg.bucket_cap_mb, gradient_as_bucket_view=True)
     if cfg.grad_compression == "bf16":
         ddp.register_comm_hook(None, _bf16_allreduce_hook)
     return ddp

@@ -1,6 +1,5 @@
 """The bad-input table: every case through the real command line. Each must exit non-zero with one line
 naming the file or key and the problem, print no Python traceback, and leave an existing run intact."""
-import functools
 import hashlib
 import http.server
 import io
@@ -9,7 +8,7 @@ import zipfile
 
 import pytest
 
-from tests.helpers import REPO, check_ok, clean_env, tiny, train_cli
+from tests.helpers import check_ok, tiny, train_cli
 
 GOOD = "1\t10\t4\n1\t20\t3\n2\t10\t5\n2\t30\t2\n3\t20\t4\n3\t30\t1\n" * 3
 

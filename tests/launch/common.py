@@ -94,6 +94,17 @@ def wait_job(job_id: str, timeout_s: float, log: Path | None = None) -> str:
                       on_timeout=lambda: log.read_text()[-3000:] if log and log.exists() else "")
 
 
+def release_requeued(job_id: str, on_timeout=lambda: "") -> None:
+    """Start a requeued job now instead of after its ~2 min BeginTime. Not in the same second as the requeue:
+    slurmd revokes the old run's credential with one-second resolution, and a run allocated within that
+    second is killed as "non-startable batch job: Job credential revoked" (seen in CI)."""
+    wait_until(lambda: job_fields(job_id).get("Restarts") == "1" and job_fields(job_id).get("JobState") == "PENDING",
+               60, "the requeue", on_timeout=on_timeout)
+    wait_until(lambda: "comp" not in run(["sinfo", "-h", "-N", "-o", "%t"]).stdout, 60, "the old run to finish completing")
+    time.sleep(2.0)
+    assert run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"]).returncode == 0
+
+
 def cancel(job_id: str) -> None:
     run(["scancel", job_id])
 

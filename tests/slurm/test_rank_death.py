@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.launch.common import SLOW, cancel, epochs_done, job_fields, wait_job, wait_until
+from tests.launch.common import SLOW, cancel, epochs_done, wait_job, wait_until
 from tests.slurm.test_sbatch import submit
 
 pytestmark = pytest.mark.slurm

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from tests.launch.common import (REPO, SLOW, accounting, cancel, epochs_done, job_env, job_fields, run,
+from tests.launch.common import (REPO, SLOW, accounting, cancel, epochs_done, job_env, release_requeued, run,
                                  sbatch, tiny, wait_job, wait_until)
 
 pytestmark = pytest.mark.slurm
@@ -48,9 +48,7 @@ def test_usr2_requeues_and_resumes_to_the_uninterrupted_weights(tmp_path):
         assert len(epochs_done(tmp_path / "cut")) < 6, "the job finished before it could be interrupted"
         assert run(["scancel", "--signal=USR2", "--batch", job]).returncode == 0
         # Requeued: pending with reason BeginTime (~2 min); release it now.
-        wait_until(lambda: job_fields(job).get("Restarts") == "1" and job_fields(job).get("JobState") == "PENDING",
-                   60, "the requeue", on_timeout=lambda: log.read_text()[-3000:])
-        assert run(["scontrol", "update", f"JobId={job}", "StartTime=now"]).returncode == 0
+        release_requeued(job, on_timeout=lambda: log.read_text()[-3000:])
         assert wait_job(job, 150, log) == "COMPLETED", log.read_text()[-3000:]
     finally:
         cancel(job)

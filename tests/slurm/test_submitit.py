@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.helpers import check_ok, train_cli, weights
-from tests.launch.common import (REPO, SLOW, accounting, cancel, epochs_done, job_env, job_fields, run, tiny,
+from tests.launch.common import (REPO, SLOW, accounting, cancel, epochs_done, job_env, release_requeued, run, tiny,
                                  wait_job, wait_until)
 
 pytestmark = pytest.mark.slurm
@@ -76,9 +76,7 @@ def test_preempted_job_requeues_and_resumes_to_the_uninterrupted_weights(tmp_pat
         for sig in ("TERM", "USR2"):
             assert run(["scancel", f"--signal={sig}", job]).returncode == 0
         # Rank 0's checkpoint() requeued it: pending with reason BeginTime (~2 min); release it now.
-        wait_until(lambda: job_fields(job).get("Restarts") == "1" and job_fields(job).get("JobState") == "PENDING",
-                   60, "the requeue", on_timeout=tail)
-        assert run(["scontrol", "update", f"JobId={job}", "StartTime=now"]).returncode == 0
+        release_requeued(job, on_timeout=tail)
         out, err = submitter.communicate(timeout=150)  # --wait: the requeued run's outcome, not the first's
         if submitter.returncode == 0:
             wait_job(job, 60)  # its pickles are written: let the tasks exit before reading sacct
