@@ -55,6 +55,13 @@ def load_latest(ckpt_dir: Path) -> tuple[dict | None, Path | None]:
     return None, None
 
 
+def describe_mismatch(err: RuntimeError) -> str:
+    """The first telling line of load_state_dict's error (size mismatch, missing or unexpected key)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    telling = [line for line in lines if "size mismatch" in line or "Missing key" in line or "Unexpected key" in line]
+    return (telling or lines or ["state dict mismatch"])[0].rstrip(".")[:200]
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distrib.checkpoint import describe_mismatch
 from distrib.errors import UserError, exit_on_user_error
 from distrib.ranking import RELEVANT_RATING, TOP_K, KnownItems, ranking_metrics
 
@@ -62,7 +63,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
         model.load_state_dict(weights)
     except RuntimeError as err:
         raise UserError(f"{ckpt_path}: does not fit the model that {config_path.name} describes "
-                        f"({_first_mismatch(err)})") from None
+                        f"({describe_mismatch(err)})") from None
     torch_device = torch.device(device)
     return LoadedRun(cfg, model.to(torch_device).eval(), data, ckpt_path, torch_device)
 
@@ -81,12 +82,6 @@ def _read_weights(path: Path) -> dict:
             key = key[len(prefix):] if key.startswith(prefix) else key
         weights[key] = value
     return weights
-
-
-def _first_mismatch(err: RuntimeError) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    detail = lines[1] if len(lines) > 1 else lines[0] if lines else "state dict mismatch"
-    return detail.rstrip(".")[:200]
 
 
 @torch.no_grad()

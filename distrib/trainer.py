@@ -98,7 +98,7 @@ class Trainer:
             self.model.load_state_dict(state["model"])
         except RuntimeError as err:
             raise UserError(f"run.dir {self.run.path}: {path.name} holds a different model "
-                            f"({_first_mismatch(err)}); use a new run.dir or the config it was trained with") from None
+                            f"({ckpt.describe_mismatch(err)}); use a new run.dir or the config it was trained with") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.early.load_state_dict(state["early_stopping"])
@@ -157,11 +157,12 @@ class Trainer:
         bar = EpochProgress(self.env.is_main, self.steps_per_epoch, f"epoch {epoch + 1}")
         split = self.train_split
         for idx in rank_batches(perm, cfg.batch_size, env.rank, env.world_size):
+            users, items = split.users[idx], split.items[idx]
             with self.autocast:
-                pred = self.ddp(split.users[idx], split.items[idx])
+                pred = self.ddp(users, items)
             # pred may be (members, batch) in training (model_ensemble): each member's own error, summed
             sq_sum = self.guard.observe((pred.float() - split.ratings[idx]).pow(2).sum(), self.progress.step)
-            loss = sq_sum if self.penalty is None else sq_sum + self.penalty(split.users[idx], split.items[idx])
+            loss = sq_sum if self.penalty is None else sq_sum + self.penalty(users, items)
             self.optimizer.zero_grad(set_to_none=True)
             (loss * env.world_size).backward()
             self.optimizer.step()
@@ -303,12 +304,6 @@ def _bf16_allreduce_hook(group, bucket):
         return buffer
 
     return future.then(decompress)
-
-
-def _first_mismatch(err: RuntimeError) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line or "Missing key" in line
-             or "Unexpected key" in line]
-    return (lines[0] if lines else str(err).splitlines()[0])[:200]
 
 
 def _seed_for(seed: int, rank: int, epoch: int) -> int:
