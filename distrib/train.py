@@ -87,6 +87,10 @@ def run(cfg: Config, env: DistEnv, device) -> dict:
             from distrib.report import finish_run
 
             finish_run(trainer, tracker, summary)
+        if dist.is_initialized():
+            # Leave together: a rank that tore its group down while rank 0 still drew plots was seen to abort
+            # (SIGABRT in gloo's teardown under load), failing a run that had finished.
+            dist.barrier()
         log.info("done: %s", ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                         for k, v in summary.items()))
         tracker.close(0)
