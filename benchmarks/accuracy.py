@@ -38,8 +38,9 @@ DATASETS = {  # name -> (split label, {method: (distrib config, extra overrides)
     "ml-100k": ("u1", {
         "distrib EmbeddingNet (article)": ("configs/ml-100k-article.yaml", []),
         "distrib EmbeddingNet (tuned)": ("configs/ml-100k-embeddingnet.yaml", []),
-        "distrib biased MF": ("configs/ml-100k.yaml", ["model.name=mf", "train.lr=3e-3"]),
-        "distrib I-AutoRec": ("configs/ml-100k.yaml", ["model.name=autorec", "train.lr=1e-3"]),
+        "distrib biased MF": ("configs/ml-100k.yaml", ["model.name=mf", "train.lr=3e-3", "train.refit=false"]),
+        "distrib I-AutoRec": ("configs/ml-100k.yaml", ["model.name=autorec", "train.lr=1e-3", "train.refit=false"]),
+        "distrib I-AutoRec + MF (no refit)": ("configs/ml-100k.yaml", ["train.refit=false"]),
         "distrib I-AutoRec + MF (ml-100k.yaml)": ("configs/ml-100k.yaml", []),
     }),
     "ml-latest-small": ("random 80/20", {
@@ -65,9 +66,11 @@ def run_distrib(config: str, overrides: list[str], work: Path) -> dict:
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    # train.refit: the model to score is the second phase's (trained on training + validation ratings)
+    phases = [run_dir] + ([run_dir / "refit"] if (run_dir / "refit").is_dir() else [])
+    rows = [json.loads(line) for phase in phases for line in (phase / "metrics.jsonl").read_text().splitlines() if line]
     # The evaluation CLI in its own process, as a user would run it (and with the code that trained the run).
-    cmd = [sys.executable, "-m", "distrib.evaluate", str(run_dir), "--split", "test", "--max-users", "0", "--json"]
+    cmd = [sys.executable, "-m", "distrib.evaluate", str(phases[-1]), "--split", "test", "--max-users", "0", "--json"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")

@@ -129,6 +129,9 @@ class TrainConfig:
     weight_decay: float = 1e-5
     seed: int = 0
     patience: int = 10  # epochs without val improvement before stopping; 0 disables early stopping
+    # After early stopping, train again from the same initial weights on training + validation ratings for the
+    # best epoch's count of epochs, in run.dir/refit (the validation part then only chose the epoch count)
+    refit: bool = False
     precision: str = "fp32"  # fp32 or bf16 (autocast; master weights stay fp32)
     compile: bool = False
     device: str = "auto"  # auto, cpu or cuda
@@ -213,6 +216,19 @@ class Config:
     def __post_init__(self):
         _require(not (self.train.patience and self.data.val_fraction == 0),
                  "data.val_fraction=0 leaves no validation part, but early stopping (train.patience > 0) needs one")
+        _require(not (self.train.refit and self.data.val_fraction == 0),
+                 "train.refit needs a validation part to choose the epoch count (data.val_fraction > 0)")
+
+
+def refit_config(cfg: Config, epochs: int) -> Config:
+    """The second phase of train.refit: every training rating (no validation carve), `epochs` epochs, no early
+    stopping, in run.dir/refit; the rest (seed, model, schedule per epoch) is the first phase's."""
+    name = f"{cfg.tracking.name}-refit" if cfg.tracking.name else ""
+    return dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, val_fraction=0.0),
+        train=dataclasses.replace(cfg.train, epochs=epochs, patience=0, refit=False),
+        run=dataclasses.replace(cfg.run, dir=str(Path(cfg.run.dir) / "refit")),
+        tracking=dataclasses.replace(cfg.tracking, name=name))
 
 
 def _require(condition: bool, message: str) -> None:

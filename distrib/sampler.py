@@ -11,9 +11,12 @@ import torch
 
 
 def epoch_permutation(n: int, seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Identical on every rank: depends only on (seed, epoch)."""
+    """Identical on every rank: depends only on (seed, epoch). int32 where it fits: the same permutation as int64
+    (the generator's draws do not depend on the dtype) at half of each rank's private memory (72 MB instead of 144
+    for ml-25m's 18M training ratings)."""
     generator = torch.Generator().manual_seed(_mix(seed, epoch))
-    return torch.randperm(n, generator=generator).to(device)
+    dtype = torch.int32 if n < 2**31 else torch.int64
+    return torch.randperm(n, generator=generator, dtype=dtype).to(device)
 
 
 def steps_per_epoch(n: int, global_batch: int) -> int:

@@ -4,7 +4,8 @@
     torchrun --standalone --nproc_per_node=N -m distrib.train [CONFIG] [...]   # N ranks, same code
 
 Fixed lifecycle: parse and validate the config (before any process group), resolve the launcher's
-environment, form the group, build, train, and always tear the group down.
+environment, form the group, build, train (and with train.refit, train again on training + validation
+ratings for the validated epoch count, in run.dir/refit), and always tear the group down.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from distrib.config import Config, dump_yaml, load_config, to_dict
+from distrib.config import Config, dump_yaml, load_config, refit_config, to_dict
 from distrib.data import load_dataset
 from distrib.distributed import (DistEnv, close_process_group, describe_lost_peers, failure_reason,
                                  init_process_group,
@@ -117,7 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         record_peers()
         if env.is_main:
             log.info("resolved config:\n%s", dump_yaml(cfg))
-        run(cfg, env, device)
+        summary = run(cfg, env, device)
+        if cfg.train.refit:
+            # A requeued job passes through the finished first phase quickly (it resumes as finished), then
+            # resumes this one from run.dir/refit's own checkpoints.
+            log.info("refit: training on training + validation ratings for %d epochs in %s/refit",
+                     summary["best_epoch"], cfg.run.dir)
+            run(refit_config(cfg, summary["best_epoch"]), env, device)
     except RuntimeError as err:
         if env.world_size > 1 and is_peer_failure(err):
             # One line instead of a gloo/NCCL stack: which rank went away, and that this one stops too.

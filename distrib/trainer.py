@@ -135,9 +135,13 @@ class Trainer:
     def _run_epoch(self, epoch: int) -> None:
         started = time.perf_counter()
         train_loss = self._train_epoch(epoch)
-        val = self.evaluate(self.val_split)
+        if len(self.val_split):
+            val = self.evaluate(self.val_split)
+            improved = self.early.observe(epoch, val["mse"])  # val["mse"] is already the all-reduced global loss
+        else:  # no validation part (train.refit's second phase): each epoch's weights are the run's choice
+            val = {"rmse": math.nan, "mae": math.nan, "mse": math.nan}
+            improved, self.early.best_epoch = True, epoch
         seconds = time.perf_counter() - started
-        improved = self.early.observe(epoch, val["mse"])  # val["mse"] is already the all-reduced global loss
         row = {
             "epoch": epoch, "train_loss": train_loss, "val_rmse": val["rmse"], "val_mae": val["mae"],
             "val_loss": val["mse"], "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
@@ -204,16 +208,19 @@ class Trainer:
     def _report(self, row: dict, improved: bool) -> None:
         if not self.env.is_main:
             return
-        mark = " *" if improved else ""
-        log.info("[%03d/%03d] train: %.4f - val: %.4f - val_rmse: %.4f - %.1fs - %.0f samples/s%s",
-                 row["epoch"] + 1, self.cfg.train.epochs, row["train_loss"], row["val_loss"], row["val_rmse"],
-                 row["epoch_seconds"], row["samples_per_s"], mark)
-        self.tracker.log_epoch(self.progress.step, {
-            "epoch": row["epoch"] + 1, "train/loss": row["train_loss"], "val/rmse": row["val_rmse"],
-            "val/mae": row["val_mae"], "val/loss": row["val_loss"], "time/epoch_s": row["epoch_seconds"],
+        has_val = not math.isnan(row["val_loss"])
+        mark = " *" if improved and has_val else ""
+        val = f" - val: {row['val_loss']:.4f} - val_rmse: {row['val_rmse']:.4f}" if has_val else ""
+        log.info("[%03d/%03d] train: %.4f%s - %.1fs - %.0f samples/s%s", row["epoch"] + 1, self.cfg.train.epochs,
+                 row["train_loss"], val, row["epoch_seconds"], row["samples_per_s"], mark)
+        metrics = {
+            "epoch": row["epoch"] + 1, "train/loss": row["train_loss"], "time/epoch_s": row["epoch_seconds"],
             "throughput/samples_per_s": row["samples_per_s"], "dist/world_size": self.env.world_size,
             "device": self.device.type,
-        })
+        }
+        if has_val:
+            metrics.update({"val/rmse": row["val_rmse"], "val/mae": row["val_mae"], "val/loss": row["val_loss"]})
+        self.tracker.log_epoch(self.progress.step, metrics)
 
     def finish(self) -> dict:
         best_model = self._load_best()

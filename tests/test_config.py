@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from distrib.config import Config, load_config
+from distrib.config import Config, load_config, refit_config
 from distrib.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +39,16 @@ def test_validation_fraction_zero_with_early_stopping_is_rejected():
     with pytest.raises(UserError, match="val_fraction=0"):
         load_config(None, ["data.val_fraction=0", "train.patience=5"])
     assert load_config(None, ["data.val_fraction=0", "train.patience=0"]).train.patience == 0
+
+
+def test_refit_needs_a_validation_part_and_its_second_phase_has_none():
+    with pytest.raises(UserError, match="train.refit needs a validation part"):
+        load_config(None, ["data.val_fraction=0", "train.patience=0", "train.refit=true"])
+    cfg = load_config(None, ["train.refit=true", "run.dir=runs/x", "tracking.name=exp", "train.seed=3"])
+    second = refit_config(cfg, epochs=7)
+    assert (second.data.val_fraction, second.train.epochs, second.train.patience, second.train.refit) == (0.0, 7, 0, False)
+    assert second.run.dir == str(Path("runs/x/refit")) and second.tracking.name == "exp-refit"
+    assert second.train.seed == 3 and second.model == cfg.model and second.data.split == cfg.data.split
 
 
 def test_missing_and_directory_config_files(tmp_path):

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from distrib.config import load_config
 from distrib.data import load_dataset
@@ -128,3 +129,22 @@ def test_cut_off_checkpoint_falls_back_to_the_previous_one(tmp_path):
     assert "unreadable" in proc.stdout + proc.stderr and "at epoch 1" in proc.stdout
     assert [r["epoch"] for r in metrics(tmp_path / "run")] == [0, 1, 2]
     assert json.loads((tmp_path / "run/summary.json").read_text())["epochs_run"] == 3
+
+
+def test_refit_trains_again_on_train_plus_validation_for_the_best_epoch_count(tmp_path):
+    """train.refit on 2 ranks: the first phase early-stops on validation; the second trains every training rating
+    (no validation carve) for the first phase's best epoch count in run.dir/refit; a rerun of the finished job
+    (as a requeue would) passes both phases without training again."""
+    args = tiny(tmp_path, "run", "train.epochs=6", "train.patience=2", "train.refit=true")
+    check_ok(train_cli(args, nproc=2))
+    first, second = summary(tmp_path / "run"), summary(tmp_path / "run" / "refit")
+    assert second["epochs_run"] == second["best_epoch"] == first["best_epoch"]
+    assert second["best_val_rmse"] is None and second["world_size"] == 2
+    # more training ratings per epoch: the validation tenth is trained on
+    assert second["steps"] / second["epochs_run"] > first["steps"] / first["epochs_run"]
+    refit_cfg = yaml.safe_load((tmp_path / "run" / "refit" / "config.yaml").read_text())
+    assert refit_cfg["data"]["val_fraction"] == 0 and refit_cfg["train"]["patience"] == 0
+    best = weights(tmp_path / "run" / "refit" / "checkpoints" / "best.pt")
+    proc = check_ok(train_cli(args, nproc=2))
+    assert proc.stdout.count("run already finished") == 2
+    assert all(torch.equal(best[k], v) for k, v in weights(tmp_path / "run" / "refit" / "checkpoints" / "best.pt").items())
