@@ -6,7 +6,8 @@
 For each dataset and seed s (0, 1, ...), every method sees the same prepared split: `train.seed=s`,
 `data.split_seed=s+1` (the validation carve, and for ml-latest-small the 80/20 test split too; ml-100k u1's
 test part is fixed). distrib's methods are whole training jobs (`python -m distrib.train CONFIG`, one
-process, early stopping on validation), then `distrib.evaluate` on the best checkpoint. Surprise's SVD and
+process, early stopping on validation; with `train.refit` the second phase's model), then `distrib.evaluate`
+on the best checkpoint. Surprise's SVD and
 SVD++ (optional: `pip install -e .[bench]`) use their default hyper-parameters and fit the same training
 rows (the validation part is left out for them too). Every model is scored by the same code: RMSE and MAE
 of predictions clipped to the rating scale, HR@10 and NDCG@10 as `distrib.ranking` defines them.
@@ -45,6 +46,7 @@ DATASETS = {  # name -> (split label, {method: (distrib config, extra overrides)
     }),
     "ml-latest-small": ("random 80/20", {
         "distrib EmbeddingNet (article)": ("configs/ml-100k-article.yaml", []),  # the model; data overridden
+        "distrib I-AutoRec + MF (no refit)": ("configs/ml-latest-small.yaml", ["train.refit=false"]),
         "distrib I-AutoRec + MF (ml-latest-small.yaml)": ("configs/ml-latest-small.yaml", []),
     }),
 }

@@ -9,7 +9,8 @@ real job under torchrun with 1 rank and with 2 gloo ranks (a small model and a l
   - ratings PSS: the proportional resident size of the memory-mapped cache files (the ratings), summed over
     ranks. Pages two ranks share count half to each, so the sum is the node's real cost of the ratings;
   - private: each rank's anonymous (unshared) resident memory (model, optimizer, permutation, batches);
-  - total PSS summed over ranks, and each rank's RSS at the end of every epoch (growth = last - first).
+  - total PSS summed over ranks, and each rank's RSS and anonymous memory at the end of every epoch (growth =
+    last - first; RSS also counts cache pages as epochs first touch them, anonymous memory is what a leak grows).
 Asserts nothing.
 """
 from __future__ import annotations
@@ -22,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def run(world: int, data_args: list[str], cache_dir: str, epochs: int, work: Pat
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = {"ratings_pss": 0, "pss": 0, "anon": 0}
-    per_epoch: list[list[int]] = []  # each rank's RSS (kB) when an epoch's metrics row appeared
+    per_epoch: list[list[tuple[int, int]]] = []  # each rank's (RSS, anonymous) kB when an epoch's row appeared
     stop = threading.Event()
 
     def sample() -> None:
@@ -92,7 +92,7 @@ def run(world: int, data_args: list[str], cache_dir: str, epochs: int, work: Pat
                 rows = len(metrics.read_text().splitlines()) if metrics.exists() else 0
                 if rows > seen:
                     seen = rows
-                    per_epoch.append([s["rss"] for s in snaps])
+                    per_epoch.append([(s["rss"], s["anon"]) for s in snaps])
             stop.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -125,10 +125,11 @@ def main() -> None:
                      f"data.synthetic.n_ratings={args.ratings}", "data.synthetic.rank=8", "data.synthetic.seed=0"]
         results = {world: run(world, data_args, cache_dir, args.epochs, work) for world in (1, 2)}
         print(f"\n{'ranks':>5} {'ratings PSS':>12} {'private (anon)':>15} {'total PSS':>10}  "
-              f"RSS per rank at each epoch end (MB)   epoch s")
+              f"RSS (anonymous) per rank at each epoch end, MB   epoch s")
         for world, r in results.items():
             p = r["peak"]
-            epochs = " | ".join("/".join(f"{kb / 1024:.0f}" for kb in ranks) for ranks in r["per_epoch"])
+            epochs = " | ".join("/".join(f"{rss / 1024:.0f} ({anon / 1024:.0f})" for rss, anon in ranks)
+                                for ranks in r["per_epoch"])
             print(f"{world:>5} {p['ratings_pss'] / 1024:>9.0f} MB {p['anon'] / 1024:>12.0f} MB "
                   f"{p['pss'] / 1024:>7.0f} MB  {epochs}   {r['epoch_s']}")
         one, two = results[1]["peak"], results[2]["peak"]
@@ -136,8 +137,9 @@ def main() -> None:
               f"total PSS {two['pss'] / one['pss']:.2f}x, private {two['anon'] / one['anon']:.2f}x")
         for world, r in results.items():
             first, last = r["per_epoch"][0], r["per_epoch"][-1]
-            growth = ", ".join(f"rank {i}: {(b - a) / 1024:+.0f} MB" for i, (a, b) in enumerate(zip(first, last)))
-            print(f"{world} rank(s), RSS growth from epoch 1's end to epoch {len(r['per_epoch'])}'s end: {growth}")
+            growth = ", ".join(f"rank {i}: RSS {(b[0] - a[0]) / 1024:+.0f} MB, anonymous {(b[1] - a[1]) / 1024:+.0f} MB"
+                               for i, (a, b) in enumerate(zip(first, last)))
+            print(f"{world} rank(s), from epoch 1's end to epoch {len(r['per_epoch'])}'s end: {growth}")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
