@@ -19,7 +19,10 @@ def exit_on_user_error(main):
         try:
             return main(*args, **kwargs)
         except UserError as err:
-            print(f"distrib: error: {err}", file=sys.stderr, flush=True)
+            # One write for the whole line: print() writes the text and the newline separately, and under
+            # torchrun the ranks share one stderr pipe, so two ranks' lines were seen spliced into one.
+            sys.stderr.write(f"distrib: error: {err}\n")
+            sys.stderr.flush()
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper

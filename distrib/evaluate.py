@@ -55,6 +55,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
     ckpt_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     if not ckpt_path.is_file():
         raise UserError(f"{run_dir}: no checkpoint {ckpt_path.name} in checkpoints/ (has the run finished an epoch?)")
+    if (run_dir / "refit" / "checkpoints" / ckpt_path.name).is_file():
+        print(f"note: {run_dir / 'refit'} holds this run's refit model (train.refit); pass that directory to use it",
+              file=sys.stderr)
     cfg = load_config(str(config_path))
     weights = _read_weights(ckpt_path)
     data = load_dataset(cfg.data)

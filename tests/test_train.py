@@ -12,6 +12,7 @@ from distrib.data import load_dataset
 from distrib.model import build_model
 from distrib.trainer import sharded_metrics, to_device
 from tests.helpers import (check_ok, max_rel_diff, metrics, spawn_ranks, summary, tiny, train_cli, weights)
+from tests.trained_run import run_module
 
 NO_DROPOUT = ["model.dropouts=[0]", "model.embedding_dropout=0"]
 
@@ -145,6 +146,13 @@ def test_refit_trains_again_on_train_plus_validation_for_the_best_epoch_count(tm
     refit_cfg = yaml.safe_load((tmp_path / "run" / "refit" / "config.yaml").read_text())
     assert refit_cfg["data"]["val_fraction"] == 0 and refit_cfg["train"]["patience"] == 0
     best = weights(tmp_path / "run" / "refit" / "checkpoints" / "best.pt")
+    # evaluate scores the refit model from run.dir/refit, and points at it when given the first phase's directory
+    refit_eval = run_module("distrib.evaluate", tmp_path / "run" / "refit", "--json")
+    assert refit_eval.returncode == 0, refit_eval.stderr
+    assert json.loads(refit_eval.stdout)["rmse"] == pytest.approx(second["test_rmse"], rel=1e-5)
+    first_eval = run_module("distrib.evaluate", tmp_path / "run", "--json")
+    assert first_eval.returncode == 0 and "refit model" in first_eval.stderr, first_eval.stderr
+    assert json.loads(first_eval.stdout)["rmse"] == pytest.approx(first["test_rmse"], rel=1e-5)
     proc = check_ok(train_cli(args, nproc=2))
     assert proc.stdout.count("run already finished") == 2
     assert all(torch.equal(best[k], v) for k, v in weights(tmp_path / "run" / "refit" / "checkpoints" / "best.pt").items())

@@ -81,6 +81,18 @@ def accounting(job_id: str) -> list[dict]:
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
 
 
+def settled_accounting(job_id: str, timeout_s: float = 60) -> list[dict]:
+    """accounting() once slurmdbd has caught up with a job that has ended: every row final (or REQUEUED, an
+    earlier run's). The controller says COMPLETED before the accounting daemon does (a row still RUNNING
+    was seen in a local run)."""
+    def settled():
+        rows = accounting(job_id)
+        return rows and all(r["state"].split()[0] in FINAL + ("REQUEUED",) for r in rows)
+
+    wait_until(settled, timeout_s, f"sacct to record job {job_id}'s end", on_timeout=lambda: str(accounting(job_id)))
+    return accounting(job_id)
+
+
 def wait_job(job_id: str, timeout_s: float, log: Path | None = None) -> str:
     """Wait until the job has ended; its final state (from scontrol, else sacct)."""
     def ended():

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from tests.launch.common import (REPO, SLOW, accounting, cancel, epochs_done, job_env, release_requeued, run,
-                                 sbatch, tiny, wait_job, wait_until)
+from tests.launch.common import (REPO, SLOW, cancel, epochs_done, job_env, release_requeued, run, sbatch,
+                                 settled_accounting, tiny, wait_job, wait_until)
 
 pytestmark = pytest.mark.slurm
 TEMPLATE = str(REPO / "slurm" / "train.sbatch")
@@ -32,7 +32,7 @@ def test_two_tasks_form_one_group(tmp_path):
     assert summary["world_size"] == 2 and summary["epochs_run"] == 3
     assert epochs_done(tmp_path / "two") == [0, 1, 2]
     # Both ranks ran as tasks of one step, and the batch shell itself did not train.
-    steps = {r["job"]: r for r in accounting(job)}
+    steps = {r["job"]: r for r in settled_accounting(job)}
     assert steps[f"{job}.0"]["ntasks"] == "2" and steps[f"{job}.0"]["state"] == "COMPLETED"
     assert steps[f"{job}.batch"]["ntasks"] == "1"
     assert "world size 2" in log.read_text() and "(slurm)" in log.read_text()
@@ -56,7 +56,7 @@ def test_usr2_requeues_and_resumes_to_the_uninterrupted_weights(tmp_path):
     assert "restart 0" in text and "USR2 received" in text and "restart 1" in text
     assert "resumed from" in text.split("restart 1", 1)[1], text[-3000:]  # not a fresh start
     assert epochs_done(tmp_path / "cut") == list(range(6))  # each epoch once: none repeated or skipped
-    states = [r["state"] for r in accounting(job) if r["job"] == job]
+    states = [r["state"] for r in settled_accounting(job) if r["job"] == job]
     assert states[0] == "REQUEUED" and states[-1] == "COMPLETED"
 
     ref, ref_log = submit(tmp_path, "ref", epochs, *SLOW)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from tests.helpers import check_ok, train_cli, weights
-from tests.launch.common import (REPO, SLOW, accounting, cancel, epochs_done, job_env, release_requeued, run, tiny,
-                                 wait_job, wait_until)
+from tests.launch.common import (REPO, SLOW, cancel, epochs_done, job_env, release_requeued, run,
+                                 settled_accounting, tiny, wait_job, wait_until)
 
 pytestmark = pytest.mark.slurm
 
@@ -34,7 +34,7 @@ def test_two_task_job(tmp_path):
     summary = json.loads((tmp_path / "job" / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert epochs_done(tmp_path / "job") == [0, 1, 2]
-    steps = {r["job"]: r for r in accounting(job.group(1))}
+    steps = {r["job"]: r for r in settled_accounting(job.group(1))}
     assert steps[f"{job.group(1)}.0"]["ntasks"] == "2"
 
 
@@ -98,7 +98,7 @@ def test_preempted_job_requeues_and_resumes_to_the_uninterrupted_weights(tmp_pat
     for task in (0, 1):  # each task's result is the requeued run's success
         assert pickle.loads((folder / f"{job}_{task}_result.pkl").read_bytes()) == ("success", 0)
     assert epochs_done(tmp_path / "cut") == list(range(10))  # each epoch once: none repeated or skipped
-    states = [r["state"] for r in accounting(job) if r["job"] == job]
+    states = [r["state"] for r in settled_accounting(job) if r["job"] == job]
     assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", states
 
     check_ok(train_cli(tiny(tmp_path, "ref", epochs, *SLOW), nproc=2, timeout=150, env=job_env(tmp_path)))
