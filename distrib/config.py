@@ -220,6 +220,13 @@ class Config:
                  "train.refit needs a validation part to choose the epoch count (data.val_fraction > 0)")
 
 
+def with_refit_group(cfg: Config) -> Config:
+    """With train.refit and no tracking.group, both phases' W&B runs go to one group named after run.dir."""
+    if not cfg.train.refit or cfg.tracking.group:
+        return cfg
+    return dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, group=Path(cfg.run.dir).name))
+
+
 def refit_config(cfg: Config, epochs: int) -> Config:
     """The second phase of train.refit: every training rating (no validation carve), `epochs` epochs, no early
     stopping, in run.dir/refit; the rest (seed, model, schedule per epoch) is the first phase's."""

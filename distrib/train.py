@@ -15,7 +15,7 @@ import sys
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from distrib.config import Config, dump_yaml, load_config, refit_config, to_dict
+from distrib.config import Config, dump_yaml, load_config, refit_config, to_dict, with_refit_group
 from distrib.data import load_dataset
 from distrib.distributed import (DistEnv, close_process_group, describe_lost_peers, failure_reason,
                                  init_process_group,
@@ -108,7 +108,7 @@ def run(cfg: Config, env: DistEnv, device) -> dict:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     config_path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(config_path, overrides)
+    cfg = with_refit_group(load_config(config_path, overrides))
     env = resolve_env()
     check_world(cfg, env)
     setup_logging(env)

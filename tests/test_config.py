@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from distrib.config import Config, load_config, refit_config
+from distrib.config import Config, load_config, refit_config, with_refit_group
 from distrib.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +49,10 @@ def test_refit_needs_a_validation_part_and_its_second_phase_has_none():
     assert (second.data.val_fraction, second.train.epochs, second.train.patience, second.train.refit) == (0.0, 7, 0, False)
     assert second.run.dir == str(Path("runs/x/refit")) and second.tracking.name == "exp-refit"
     assert second.train.seed == 3 and second.model == cfg.model and second.data.split == cfg.data.split
+    # both phases' W&B runs in one group: the run directory's name unless tracking.group says otherwise
+    assert with_refit_group(cfg).tracking.group == "x"
+    assert with_refit_group(load_config(None, ["train.refit=true", "tracking.group=g"])).tracking.group == "g"
+    assert with_refit_group(load_config(None, ["run.dir=runs/x"])).tracking.group == ""
 
 
 def test_missing_and_directory_config_files(tmp_path):

@@ -37,3 +37,15 @@ def test_tracking_off_writes_no_wandb_files(tmp_path):
     run = tmp_path / "run"
     assert not (run / "wandb").exists() and not (run / "wandb_run_id").exists()
     assert (run / "plots" / "learning_curves.png").exists()
+
+
+def test_refit_phase_is_a_second_run_in_the_same_group(tmp_path):
+    check_ok(train_cli(tiny(tmp_path, "exp1", "tracking.mode=offline", "tracking.name=exp", "train.refit=true")))
+    first, second = read_wandb_run(tmp_path / "exp1"), read_wandb_run(tmp_path / "exp1" / "refit")
+    assert len(first["run_ids"]) == len(second["run_ids"]) == 1 and first["run_ids"] != second["run_ids"]
+    assert first["groups"] == second["groups"] == ["exp1"]  # tracking.group unset: the run directory's name
+    assert (first["names"], second["names"]) == (["exp"], ["exp-refit"])
+    assert second["config"]["data"]["val_fraction"] == 0
+    assert any("val/rmse" in row for row in first["history"])
+    assert not any("val/rmse" in row for row in second["history"])  # no validation part to report
+    assert second["summary"]["test_rmse"] == pytest.approx(summary(tmp_path / "exp1" / "refit")["test_rmse"])

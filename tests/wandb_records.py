@@ -67,7 +67,7 @@ def read_wandb_run(run_dir: Path, files: list[Path] | None = None) -> dict:
     """Everything the tests assert on, from all `.wandb` logs under `run_dir/wandb` (a resumed run
     writes one log per process), merged oldest first; or only the given `files`.
 
-    Keys: `files` (the .wandb paths), `run_ids` (one per run record), `config` (merged values),
+    Keys: `files` (the .wandb paths), `run_ids`, `groups` and `names` (one per run record), `config` (merged values),
     `history` (one dict per row, `_step` included), `summary` (merged, nested keys as nested dicts),
     `metrics` (define_metric records as dicts), `artifacts` (name, type, file paths), `exit_codes`.
     """
@@ -75,13 +75,15 @@ def read_wandb_run(run_dir: Path, files: list[Path] | None = None) -> dict:
 
     if files is None:
         files = sorted(Path(run_dir).glob("wandb/*run-*/run-*.wandb"), key=lambda p: p.parent.name)
-    out = {"files": files, "run_ids": [], "config": {}, "history": [], "summary": {},
+    out = {"files": files, "run_ids": [], "groups": [], "names": [], "config": {}, "history": [], "summary": {},
            "metrics": [], "artifacts": [], "exit_codes": []}
     for path in files:
         for record in iter_records(path):
             kind = record.WhichOneof("record_type")
             if kind == "run":
                 out["run_ids"].append(record.run.run_id)
+                out["groups"].append(record.run.run_group)
+                out["names"].append(record.run.display_name)
                 _merge_config(out["config"], record.run.config.update)
             elif kind == "config":
                 _merge_config(out["config"], record.config.update)
