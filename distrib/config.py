@@ -126,6 +126,8 @@ class TrainConfig:
     warmup_steps: int = 0
     cycle_epochs: float = 2.0  # cosine annealing restarts every this many epochs
     eta_min_ratio: float = 0.1  # the cosine floor, as a fraction of the peak lr
+    optimizer: str = "adam"  # adam (weight decay as L2, the article's) or adamw (decoupled weight decay)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 1e-5
     seed: int = 0
     patience: int = 10  # epochs without val improvement before stopping; 0 disables early stopping
@@ -146,6 +148,9 @@ class TrainConfig:
         _require(self.cycle_epochs > 0, "train.cycle_epochs must be > 0")
         _require(self.patience >= 0, "train.patience must be >= 0")
         _require(self.precision in ("fp32", "bf16"), "train.precision must be fp32 or bf16")
+        _require(self.optimizer in ("adam", "adamw"), "train.optimizer must be adam or adamw")
+        _require(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+                 "train.betas: two values in [0, 1), e.g. [0.9, 0.999]")
         _require(self.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
         _require(self.log_every_steps > 0, "train.log_every_steps must be > 0")
 

@@ -27,6 +27,8 @@ def test_defaults_file_and_overrides_precedence(tmp_path):
     ("train.compile=maybe", "train.compile: expected bool"),
     ("data.name=ml-7m", "data.name: unknown dataset 'ml-7m'"),
     ("train.precision=fp8", "train.precision"),
+    ("train.optimizer=sgd", "train.optimizer must be adam or adamw"),
+    ("train.betas=[0.9]", "train.betas: two values"),
     ("train.epochs", "expected key=value"),
 ])
 def test_bad_keys_and_types_are_one_line_errors(override, fragment):

@@ -161,3 +161,24 @@ def test_new_models_train_in_the_distributed_job_with_the_same_weights_on_1_and_
     assert summary(tmp_path / "w2")["world_size"] == 2
     assert math.isfinite(summary(tmp_path / "w2")["test_rmse"])
     assert max_rel_diff(weights(tmp_path / "w1/checkpoints/last.pt"), weights(tmp_path / "w2/checkpoints/last.pt")) <= 1e-4
+
+
+def test_adamw_decays_weights_apart_from_the_gradient():
+    """train.optimizer=adamw: a step with a zero gradient shrinks each weight by exactly lr * weight_decay;
+    adam (the article's) adds the decay to the gradient instead, which Adam then normalises."""
+    from distrib.trainer import build_optimizer
+
+    for name, expected in (("adamw", 1 - 1e-2 * 0.5), ("adam", None)):
+        cfg = load_config(None, [f"train.optimizer={name}", "train.lr=1e-2", "train.lr_scaling=none",
+                                 "train.weight_decay=0.5", "train.betas=[0.9,0.99]"])
+        layer = torch.nn.Linear(4, 3)
+        before = layer.weight.detach().clone()
+        optimizer = build_optimizer(layer, cfg, torch.device("cpu"))
+        assert optimizer.param_groups[0]["betas"] == (0.9, 0.99)
+        for p in layer.parameters():
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        if expected is None:  # Adam: the L2 gradient wd * w, normalised: each weight moves by about lr
+            assert torch.allclose((before - layer.weight).abs(), torch.full_like(before, 1e-2), rtol=1e-3)
+        else:
+            assert torch.allclose(layer.weight, before * expected, rtol=1e-6)
