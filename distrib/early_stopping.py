@@ -38,6 +38,12 @@ class EarlyStopping:
         self.should_stop = bool(self.patience) and self.bad_epochs >= self.patience
         return improved
 
+    def take_unvalidated(self, epoch: int) -> bool:
+        """An epoch with no validation part to judge it (train.refit's second phase): its weights are the run's
+        choice, so it counts as the best."""
+        self.best_epoch = epoch
+        return True
+
     def state_dict(self) -> dict:
         return asdict(self)
 

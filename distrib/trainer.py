@@ -138,9 +138,9 @@ class Trainer:
         if len(self.val_split):
             val = self.evaluate(self.val_split)
             improved = self.early.observe(epoch, val["mse"])  # val["mse"] is already the all-reduced global loss
-        else:  # no validation part (train.refit's second phase): each epoch's weights are the run's choice
+        else:  # no validation part (train.refit's second phase)
             val = {"rmse": math.nan, "mae": math.nan, "mse": math.nan}
-            improved, self.early.best_epoch = True, epoch
+            improved = self.early.take_unvalidated(epoch)
         seconds = time.perf_counter() - started
         row = {
             "epoch": epoch, "train_loss": train_loss, "val_rmse": val["rmse"], "val_mae": val["mae"],

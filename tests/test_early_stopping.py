@@ -29,3 +29,9 @@ def test_patience_zero_never_stops():
     for epoch in range(20):
         early.observe(epoch, 1.0 + epoch)
     assert not early.should_stop and early.best_epoch == 0
+
+
+def test_an_unvalidated_epoch_is_taken_as_the_best_and_never_stops():
+    early = EarlyStopping(patience=0)
+    assert all(early.take_unvalidated(epoch) for epoch in range(3))
+    assert early.best_epoch == 2 and not early.should_stop and early.best == float("inf")
