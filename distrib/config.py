@@ -124,6 +124,9 @@ class TrainConfig:
     ref_batch_size: int = 2000
     lr_scaling: str = "sqrt"  # linear, sqrt or none
     warmup_steps: int = 0
+    # cosine_restarts: the article's (cosine annealing restarted every cycle_epochs, floor eta_min_ratio * lr);
+    # one_cycle: fastai's fit_one_cycle over train.epochs (distrib.schedule)
+    schedule: str = "cosine_restarts"
     cycle_epochs: float = 2.0  # cosine annealing restarts every this many epochs
     eta_min_ratio: float = 0.1  # the cosine floor, as a fraction of the peak lr
     optimizer: str = "adam"  # adam (weight decay as L2, the article's) or adamw (decoupled weight decay)
@@ -145,6 +148,9 @@ class TrainConfig:
         _require(self.lr > 0, "train.lr must be > 0")
         _require(self.lr_scaling in ("linear", "sqrt", "none"), "train.lr_scaling must be linear, sqrt or none")
         _require(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+        _require(self.schedule in ("cosine_restarts", "one_cycle"), "train.schedule must be cosine_restarts or one_cycle")
+        _require(self.schedule != "one_cycle" or self.warmup_steps == 0,
+                 "train.warmup_steps: one_cycle warms up by itself (its first quarter); leave warmup_steps at 0")
         _require(self.cycle_epochs > 0, "train.cycle_epochs must be > 0")
         _require(self.patience >= 0, "train.patience must be >= 0")
         _require(self.precision in ("fp32", "bf16"), "train.precision must be fp32 or bf16")

@@ -1,6 +1,12 @@
-"""Learning rate: given for a reference batch, scaled to the global batch, optional linear warmup, then the
-article's cosine annealing with warm restarts (from lr down to eta_min_ratio * lr over cycle_epochs
-epochs' worth of steps, then restart), stepped once per batch.
+"""Learning rate: given for a reference batch, scaled to the global batch, then one of two shapes over the
+steps (`train.schedule`), stepped once per batch:
+
+- cosine_restarts (the article's): optional linear warmup, then cosine annealing with warm restarts, from lr
+  down to eta_min_ratio * lr over cycle_epochs epochs' worth of steps, then restart.
+- one_cycle (fastai's `fit_one_cycle`, which the collaborative-filtering lesson trains with): over all of
+  train.epochs, a cosine warm-up from lr/25 to lr in the first quarter of the steps, then a cosine decay to
+  lr/25e4; Adam's beta1 moves the other way, 0.95 -> 0.85 -> 0.95. The constants are torch's OneCycleLR
+  defaults with fastai's pct_start of 0.25.
 
 For Adam the square-root rule is the usual choice (Malladi et al., arXiv:2205.10287); linear scaling with
 warmup (Goyal et al., arXiv:1706.02677) was shown for SGD.
@@ -11,6 +17,11 @@ import math
 
 from distrib.config import TrainConfig
 
+ONE_CYCLE_PCT_START = 0.25
+ONE_CYCLE_DIV = 25.0  # the first lr is the peak over this
+ONE_CYCLE_FINAL_DIV = 1e4  # the last lr is the first over this
+ONE_CYCLE_BETA1 = (0.95, 0.85)  # at the ends of the cycle, and at the peak lr
+
 
 def scaled_lr(cfg: TrainConfig) -> float:
     ratio = cfg.batch_size / cfg.ref_batch_size
@@ -20,6 +31,9 @@ def scaled_lr(cfg: TrainConfig) -> float:
 
 def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     """Multiplier of the scaled peak lr at global step `step` (0-based)."""
+    if cfg.schedule == "one_cycle":
+        first, last = 1 / ONE_CYCLE_DIV, 1 / (ONE_CYCLE_DIV * ONE_CYCLE_FINAL_DIV)
+        return _one_cycle(step, cfg.epochs * steps_per_epoch, (first, 1.0, last))
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     t = step - cfg.warmup_steps
@@ -28,7 +42,57 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     return cfg.eta_min_ratio + (1 - cfg.eta_min_ratio) * cosine
 
 
-def build_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    import torch
+def beta1_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float | None:
+    """Adam's beta1 at `step` under one_cycle; None where the schedule leaves train.betas alone."""
+    if cfg.schedule != "one_cycle":
+        return None
+    outer, inner = ONE_CYCLE_BETA1
+    return _one_cycle(step, cfg.epochs * steps_per_epoch, (outer, inner, outer))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, steps_per_epoch))
+
+def _one_cycle(step: int, total_steps: int, values: tuple[float, float, float]) -> float:
+    """Cosine from values[0] to values[1] over the first ONE_CYCLE_PCT_START of the steps, then to values[2]."""
+    start, peak, end = values
+    peak_step = max(1.0, ONE_CYCLE_PCT_START * total_steps - 1)
+    if step <= peak_step:
+        return _cosine(start, peak, step / peak_step)
+    return _cosine(peak, end, min(1.0, (step - peak_step) / max(1.0, total_steps - 1 - peak_step)))
+
+
+def _cosine(start: float, end: float, fraction: float) -> float:
+    return end + (start - end) * (1 + math.cos(math.pi * fraction)) / 2
+
+
+class StepSchedule:
+    """Sets each param group's lr (and beta1, under one_cycle) for the coming step from the step count alone, so
+    a resumed run continues the same curve. state_dict holds just that count."""
+
+    def __init__(self, optimizer, cfg: TrainConfig, steps_per_epoch: int):
+        self.optimizer, self.cfg, self.steps_per_epoch = optimizer, cfg, steps_per_epoch
+        self.peak_lr = scaled_lr(cfg)
+        self.last_step = 0
+        self._apply()
+
+    def step(self) -> None:
+        self.last_step += 1
+        self._apply()
+
+    def _apply(self) -> None:
+        lr = self.peak_lr * lr_factor(self.last_step, self.cfg, self.steps_per_epoch)
+        beta1 = beta1_at(self.last_step, self.cfg, self.steps_per_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            if beta1 is not None:
+                group["betas"] = (beta1, group["betas"][1])
+
+    def state_dict(self) -> dict:
+        return {"last_step": self.last_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        # last_epoch: checkpoints written before this class, by torch's LambdaLR (it counts steps the same way)
+        self.last_step = int(state["last_step"] if "last_step" in state else state["last_epoch"])
+        self._apply()
+
+
+def build_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int) -> StepSchedule:
+    return StepSchedule(optimizer, cfg, steps_per_epoch)

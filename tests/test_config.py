@@ -29,12 +29,19 @@ def test_defaults_file_and_overrides_precedence(tmp_path):
     ("train.precision=fp8", "train.precision"),
     ("train.optimizer=sgd", "train.optimizer must be adam or adamw"),
     ("train.betas=[0.9]", "train.betas: two values"),
+    ("train.schedule=step", "train.schedule must be cosine_restarts or one_cycle"),
     ("train.epochs", "expected key=value"),
 ])
 def test_bad_keys_and_types_are_one_line_errors(override, fragment):
     with pytest.raises(UserError) as err:
         load_config(None, [override])
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_one_cycle_has_its_own_warmup():
+    with pytest.raises(UserError, match="train.warmup_steps: one_cycle warms up by itself"):
+        load_config(None, ["train.schedule=one_cycle", "train.warmup_steps=100"])
+    assert load_config(None, ["train.schedule=one_cycle"]).train.schedule == "one_cycle"
 
 
 def test_validation_fraction_zero_with_early_stopping_is_rejected():
