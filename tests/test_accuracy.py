@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import check_ok, clean_env, summary, train_cli
+from tests.helpers import check_ok, clean_env, metrics, summary, train_cli
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 6
@@ -43,3 +43,19 @@ def test_shipped_ml100k_config_learns_u1_within_a_few_epochs(tmp_path):
     # the shipped config refits on all of u1.base (80,000 ratings) for the validated epoch count
     assert "train 80000 / val 0 / test 20000" in proc.stdout
     assert refit["epochs_run"] == result["best_epoch"] and refit["test_rmse"] < RMSE_BOUND, refit
+
+
+def test_shipped_embeddingnet_config_runs_its_one_cycle_on_u1(tmp_path):
+    """configs/ml-100k-embeddingnet.yaml cut to 3 epochs: the one-cycle schedule spans exactly those epochs (its
+    lr ends near zero), no early stopping cuts it, and the refit trains on all of u1.base."""
+    root = data_root()
+    run_dir = tmp_path / "run"
+    proc = check_ok(train_cli([str(REPO / "configs/ml-100k-embeddingnet.yaml"), f"data.root={root}",
+                               f"data.cache_dir={tmp_path / 'cache'}", f"run.dir={run_dir}",
+                               "train.epochs=3", "train.log_every_steps=10000"], env=clean_env(1), timeout=240))
+    result, refit = summary(run_dir), summary(run_dir / "refit")
+    assert result["epochs_run"] == 3 and not result["stopped_early"], result
+    lrs = [row["lr"] for row in metrics(run_dir)]
+    assert lrs[0] > lrs[1] > lrs[2] and lrs[2] < 5e-3 * 1e-3, lrs  # past the peak after 3/4 of an epoch, then to ~0
+    assert result["test_rmse"] < RMSE_BOUND and refit["test_rmse"] < RMSE_BOUND, (result, refit)
+    assert "train 80000 / val 0 / test 20000" in proc.stdout
