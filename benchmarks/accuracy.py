@@ -38,7 +38,8 @@ from distrib.ranking import KnownItems, ranking_metrics  # noqa: E402
 DATASETS = {  # name -> (split label, {method: (distrib config, extra overrides)})
     "ml-100k": ("u1", {
         "distrib EmbeddingNet (article)": ("configs/ml-100k-article.yaml", []),
-        "distrib EmbeddingNet (tuned)": ("configs/ml-100k-embeddingnet.yaml", []),
+        "distrib EmbeddingNet (tuned, no refit)": ("configs/ml-100k-embeddingnet.yaml", ["train.refit=false"]),
+        "distrib EmbeddingNet (tuned, ml-100k-embeddingnet.yaml)": ("configs/ml-100k-embeddingnet.yaml", []),
         "distrib biased MF": ("configs/ml-100k.yaml", ["model.name=mf", "train.lr=3e-3", "train.refit=false"]),
         "distrib I-AutoRec": ("configs/ml-100k.yaml", ["model.name=autorec", "train.lr=1e-3", "train.refit=false"]),
         "distrib I-AutoRec + MF (no refit)": ("configs/ml-100k.yaml", ["train.refit=false"]),
