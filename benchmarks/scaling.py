@@ -6,7 +6,9 @@ a step spent synchronising gradients.
 Launches `torchrun --standalone --nproc_per_node=N benchmarks/scaling.py --worker` for each N with
 OMP_NUM_THREADS=1 (the machine has 2 cores). Each worker builds distrib's real Trainer (DDP, the article's
 configuration, ml-100k u1), runs a warm-up epoch, then times the hot loop `_train_epoch` with gradient sync and
-inside `ddp.no_sync()`, and times `dist.all_reduce` of a gradient-sized fp32 buffer. Prints samples/s per world
+inside `ddp.no_sync()` (each rank at its own pace), then in lockstep (`no_sync()` with a barrier after each step:
+every step waits for the slower rank, but no gradients move; its step time gives the `ceiling`, the speedup that
+a free all-reduce would reach here), and times `dist.all_reduce` of a gradient-sized fp32 buffer. Prints samples/s per world
 size, the speedup, and the all-reduce share of a step. Multi-rank runs are repeated for each DDP setup
 (`SETUPS`: DDP's default single 25 MB bucket, 1 MB buckets, 1 MB buckets + bf16 gradient compression), each against
 the same 1-rank run. Asserts nothing about time.
@@ -52,6 +54,12 @@ def worker(args) -> None:
         synced = _time_epochs(trainer, range(1, 1 + args.epochs))
         with trainer.ddp.no_sync():
             local = _time_epochs(trainer, range(1 + args.epochs, 1 + 2 * args.epochs))
+            # Lockstep without gradients on the wire: a barrier after every optimizer step, so each step waits
+            # for the slower rank, as a synced step must, while communication costs next to nothing. Its step
+            # time bounds what any all-reduce scheme could reach on this machine.
+            barrier = trainer.optimizer.register_step_post_hook(lambda *_: dist.barrier())
+            lockstep = _time_epochs(trainer, range(1 + 2 * args.epochs, 1 + 3 * args.epochs))
+            barrier.remove()
         n_params = sum(p.numel() for p in trainer.model.parameters())
         wire = torch.bfloat16 if cfg.dist.grad_compression == "bf16" else torch.float32
         buffer = torch.zeros(n_params, dtype=wire)
@@ -62,6 +70,7 @@ def worker(args) -> None:
         print("RESULT " + json.dumps({
             "world_size": env.world_size, "samples_per_s": steps * cfg.train.batch_size / synced,
             "step_ms": 1e3 * synced / steps, "step_no_sync_ms": 1e3 * local / steps,
+            "step_lockstep_ms": 1e3 * lockstep / steps,
             "allreduce_ms": 1e3 * allreduce_s, "grad_mb": buffer.element_size() * n_params / 2**20,
         }), flush=True)
     close_process_group()
@@ -111,12 +120,13 @@ def main() -> None:
     print(f"article config, ml-100k u1, global batch 2000, {args.precision}{' +compile' if args.compile else ''}, "
           "gloo, 1 thread per rank")
     print(f"{'setup':20s} {'ranks':>5s} {'samples/s':>10s} {'speedup':>8s} {'step ms':>8s} {'no-sync ms':>10s} "
-          f"{'sync share':>10s} {'all_reduce ms':>13s} {'grad MB':>8s}")
+          f"{'lockstep ms':>11s} {'ceiling':>8s} {'sync share':>10s} {'all_reduce ms':>13s} {'grad MB':>8s}")
     for r in results:
         share = max(0.0, r["step_ms"] - r["step_no_sync_ms"]) / r["step_ms"]
+        ceiling = base["step_ms"] / r["step_lockstep_ms"]  # the speedup if gradients cost nothing to exchange
         print(f"{r['setup']:20s} {r['world_size']:5d} {r['samples_per_s']:10.0f} {r['samples_per_s'] / base['samples_per_s']:7.2f}x "
-              f"{r['step_ms']:8.1f} {r['step_no_sync_ms']:10.1f} {100 * share:9.1f}% {r['allreduce_ms']:13.2f} "
-              f"{r['grad_mb']:8.2f}")
+              f"{r['step_ms']:8.1f} {r['step_no_sync_ms']:10.1f} {r['step_lockstep_ms']:11.1f} {ceiling:7.2f}x "
+              f"{100 * share:9.1f}% {r['allreduce_ms']:13.2f} {r['grad_mb']:8.2f}")
 
 
 if __name__ == "__main__":
