@@ -88,7 +88,8 @@ def lr_figure(steps, lrs):
         ax.axvline(steps[i], color="grey", linestyle=":", linewidth=0.8)
     ax.set_xlabel("step")
     ax.set_ylabel("learning rate")
-    ax.set_title(f"learning-rate schedule ({len(find_restarts(lrs))} warm restarts)")
+    restarts = len(find_restarts(lrs))  # none under train.schedule=one_cycle: then the title does not count them
+    ax.set_title(f"learning-rate schedule ({restarts} warm restarts)" if restarts else "learning-rate schedule")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.grid(alpha=0.3)
     return fig

@@ -62,6 +62,16 @@ def test_lr_plot_shows_warm_restarts(tmp_path):
     assert len(peaks) >= 3  # the first cycle's peak and one per restart: the drawn line rises again
 
 
+def test_one_cycle_plot_has_no_restarts_and_says_none():
+    cfg = TrainConfig(schedule="one_cycle", epochs=6)
+    steps = np.arange(20 * 6)
+    lrs = np.array([1e-3 * lr_factor(int(s), cfg, 20) for s in steps])
+    assert find_restarts(lrs) == [] and lrs.argmax() == 29  # up for the first quarter, then only down
+    fig = lr_figure(steps, lrs)
+    assert fig.axes[0].get_title() == "learning-rate schedule"
+    plt.close(fig)
+
+
 def test_find_restarts_ignores_warmup_and_flat():
     assert find_restarts([0.1, 0.2, 0.3, 0.2, 0.1]) == []
     assert find_restarts([1.0] * 10) == []
