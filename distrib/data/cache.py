@@ -1,4 +1,4 @@
-"""The prepared-data cache: one folder per configuration under data.cache_dir (or data.root/cache).
+"""The prepared-data cache: one folder per configuration under data.cache_dir (default: `prepare.default_cache_root`).
 
 The folder name hashes everything that changes the result, so a changed setting builds a new folder and
 never reuses a stale one. A folder is written under a temp name and renamed, so its existence means it is

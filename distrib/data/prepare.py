@@ -6,6 +6,7 @@ others block on the lock, then find the finished folder and only memory-map it.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -28,8 +29,8 @@ def load_dataset(cfg) -> PreparedData:
     if cfg.name != "synthetic" and cfg.name != "file" and cfg.name not in RATINGS_FILE:
         raise UserError(f"data.name: unknown dataset {cfg.name!r}")
     root = Path(cfg.root).expanduser()
-    cache_root = Path(cfg.cache_dir).expanduser() if getattr(cfg, "cache_dir", "") else root / "cache"
-    source = _locate(cfg, root)
+    source = _locate(cfg, root)  # first: a download creates root
+    cache_root = Path(cfg.cache_dir).expanduser() if getattr(cfg, "cache_dir", "") else default_cache_root(root)
     parts = _key_parts(cfg, source)
     folder = cache_root / f"{cfg.name}-{cache_key(parts)}"
     built = False
@@ -41,6 +42,16 @@ def load_dataset(cfg) -> PreparedData:
     data = open_cache(folder)
     data.info["built"] = built
     return data
+
+
+def default_cache_root(root: Path) -> Path:
+    """data.root/cache (created with it if data.root does not exist yet), unless data.root is a read-only
+    directory (a shared dataset copy): then the user's cache, $XDG_CACHE_HOME/distrib or ~/.cache/distrib. The
+    permission bits are read as well as access(), because root (the user in most containers) may write
+    anywhere and would otherwise fill a share that is marked read-only."""
+    if not root.exists() or (os.access(root, os.W_OK) and root.stat().st_mode & 0o222):
+        return root / "cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distrib"
 
 
 def _locate(cfg, root: Path) -> Path | None:

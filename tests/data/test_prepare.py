@@ -82,3 +82,23 @@ def test_cache_key_follows_the_source_file(tmp_path):
     assert len(load_dataset(cfg).train) == 2
     path.write_text("1,1,4\n2,1,3\n3,2,5\n")
     assert len(load_dataset(cfg).train) == 3
+
+
+def test_default_cache_is_under_a_writable_root_and_never_in_a_read_only_one(tmp_path, monkeypatch):
+    """data.cache_dir unset: the cache goes to data.root/cache, but a data.root marked read-only (a shared
+    dataset copy) is left untouched even by root, who may write anywhere: the cache goes to $XDG_CACHE_HOME."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    writable = tmp_path / "writable"
+    writable.mkdir()
+    data = load_dataset(cfg_for(tmp_path, root=str(writable), cache_dir="", synthetic=SMALL))
+    assert data.cache_dir.parent == writable / "cache"
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o555)
+    try:
+        data = load_dataset(cfg_for(tmp_path, root=str(shared), cache_dir="", synthetic=SMALL))
+        assert data.cache_dir.parent == tmp_path / "xdg" / "distrib"
+        assert list(shared.iterdir()) == []
+    finally:
+        shared.chmod(0o755)
