@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import torch
+
+from distrib.errors import UserError
 
 log = logging.getLogger("distrib")
 
@@ -42,14 +45,35 @@ def candidates(ckpt_dir: Path) -> list[Path]:
     return [p for p in found if p.exists()]
 
 
+class UnsafeCheckpoint(UserError):
+    """A checkpoint holds pickled objects other than tensors and plain containers: never unpickled."""
+
+
+def read(path: Path, map_location="cpu") -> dict:
+    """Load a checkpoint with torch's weights-only unpickler: tensors, numbers, strings, lists and dicts,
+    which is all distrib saves. Anything else (a pickled callable, a class) is refused, never run."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Unsupported" in str(err):
+            raise UnsafeCheckpoint(f"{path}: refused to load: it holds pickled objects that are not weights "
+                                   "(loading them could run code); use a checkpoint distrib wrote") from None
+        raise
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ValueError("not a distrib checkpoint (no 'model' state dict)")
+    return state
+
+
 def load_latest(ckpt_dir: Path) -> tuple[dict | None, Path | None]:
-    """The newest checkpoint that loads; a corrupt one is reported and skipped."""
+    """The newest checkpoint that loads; a corrupt one is reported and skipped, an unsafe one refused."""
     for path in candidates(ckpt_dir):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            if not isinstance(state, dict) or "model" not in state or "progress" not in state:
-                raise ValueError("missing model or progress")
+            state = read(path)
+            if "progress" not in state:
+                raise ValueError("missing progress")
             return state, path
+        except UnsafeCheckpoint:
+            raise
         except Exception as err:  # a truncated zip raises RuntimeError, a garbled pickle others
             log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, type(err).__name__)
     return None, None

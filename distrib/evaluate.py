@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from distrib.checkpoint import describe_mismatch
+from distrib.checkpoint import read as read_checkpoint
 from distrib.errors import UserError, exit_on_user_error
 from distrib.ranking import RELEVANT_RATING, TOP_K, KnownItems, ranking_metrics
 
@@ -73,12 +74,13 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
 
 def _read_weights(path: Path) -> dict:
     try:
-        # A run directory is the user's own training output; its checkpoints hold RNG states (pickled).
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_checkpoint(path)
+    except UserError:
+        raise
+    except ValueError as err:
+        raise UserError(f"{path}: {err}") from None
     except Exception as err:  # a truncated zip raises RuntimeError, a garbled pickle others
         raise UserError(f"{path}: unreadable checkpoint ({type(err).__name__})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise UserError(f"{path}: not a distrib checkpoint (no 'model' state dict)")
     weights = {}
     for key, value in state["model"].items():
         for prefix in WRAPPER_PREFIXES:

@@ -246,7 +246,7 @@ class Trainer:
             return self.model
         model = build_model(self.cfg.model, self.data.n_users, self.data.n_items,
                             self.data.rating_min, self.data.rating_max).to(self.device)
-        model.load_state_dict(torch.load(best_path, map_location=self.device, weights_only=False)["model"])
+        model.load_state_dict(ckpt.read(best_path, map_location=self.device)["model"])
         return model
 
 

@@ -57,7 +57,7 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def weights(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 def max_rel_diff(a: dict, b: dict) -> float:

@@ -53,7 +53,7 @@ def test_a_rank_killed_mid_epoch_ends_the_others_quickly_and_leaves_last_pt_inta
             assert proc.returncode != 0
             assert "lost rank 1" in err, err[-2000:]
     assert time.time() - killed_at < 60
-    state = torch.load(run / "checkpoints/last.pt", weights_only=False)
+    state = torch.load(run / "checkpoints/last.pt", weights_only=True)
     assert state["progress"]["epoch"] >= 2
 
 
@@ -67,7 +67,7 @@ def test_nan_on_one_rank_stops_every_rank_at_the_same_step_before_saving(tmp_pat
     run = tmp_path / "run"
     assert [r["epoch"] for r in metrics(run)] == [0, 1]  # the third epoch is never recorded
     for name in ("last.pt", "best.pt"):
-        state = torch.load(run / "checkpoints" / name, weights_only=False)
+        state = torch.load(run / "checkpoints" / name, weights_only=True)
         assert state["progress"]["step"] == 34
         assert all(torch.isfinite(t).all() for t in state["model"].values())
 

@@ -26,7 +26,7 @@ def test_single_process_writes_every_output(tmp_path):
     for key in ("epoch", "train_loss", "val_rmse", "val_mae", "lr", "epoch_seconds", "samples_per_s"):
         assert key in rows[0]
     for name in ("last.pt", "best.pt"):
-        state = torch.load(run / "checkpoints" / name, weights_only=False)
+        state = torch.load(run / "checkpoints" / name, weights_only=True)
         for key in ("model", "optimizer", "scheduler", "early_stopping", "progress", "rng"):
             assert key in state, f"{name} lacks {key}"
         assert not any(k.startswith("module.") for k in state["model"]), "unwrapped state dict"

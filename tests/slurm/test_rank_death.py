@@ -47,6 +47,6 @@ def test_a_task_killed_under_srun_ends_the_job_and_names_the_lost_rank(tmp_path)
     assert state != "COMPLETED"
     text = log.read_text()
     assert "lost rank 1" in text, text[-3000:]
-    saved = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    saved = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert saved["progress"]["epoch"] >= 2
     assert not _task_pid(run_dir, "0") and not _task_pid(run_dir, "1"), "no process left behind"

@@ -64,8 +64,8 @@ def test_usr2_requeues_and_resumes_to_the_uninterrupted_weights(tmp_path):
         assert wait_job(ref, 150, ref_log) == "COMPLETED", ref_log.read_text()[-3000:]
     finally:
         cancel(ref)
-    resumed = torch.load(tmp_path / "cut/checkpoints/last.pt", map_location="cpu", weights_only=False)["model"]
-    straight = torch.load(tmp_path / "ref/checkpoints/last.pt", map_location="cpu", weights_only=False)["model"]
+    resumed = torch.load(tmp_path / "cut/checkpoints/last.pt", map_location="cpu", weights_only=True)["model"]
+    straight = torch.load(tmp_path / "ref/checkpoints/last.pt", map_location="cpu", weights_only=True)["model"]
     assert resumed.keys() == straight.keys()
     for key in straight:
         assert torch.equal(resumed[key], straight[key]), key
