@@ -15,7 +15,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from harness import article_config, load_article_data
-from distrib.model import build_model
+from distrib.models import build_model
 from distrib.trainer import build_optimizer
 
 

@@ -1,5 +1,7 @@
 """Checkpoints: a dict of parts under constant keys, written by rank 0 atomically (temp file, fsync,
 rename), the previous good one kept, and loaded with a fallback when the newest is cut off or corrupt.
+Also `load_run`: a finished run's config, data and model with a checkpoint's weights, for the tools
+that use a trained model (evaluate, recommend).
 
 Layout in run.dir/checkpoints/: last.pt (newest), last.1.pt (the one before, when keep >= 2), best.pt.
 """
@@ -8,26 +10,19 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from distrib.errors import UserError
+from distrib.fsutil import atomic_torch_save
 
 log = logging.getLogger("distrib")
 
-KEYS = ("model", "optimizer", "scheduler", "early_stopping", "progress", "rng", "config")
-
-
-def atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers, should one slip through
 
 
 def save_last(state: dict, ckpt_dir: Path, keep: int = 2) -> None:
@@ -37,7 +32,7 @@ def save_last(state: dict, ckpt_dir: Path, keep: int = 2) -> None:
         older = ckpt_dir / (f"last.{i - 1}.pt" if i > 1 else "last.pt")
         if older.exists():
             os.replace(older, ckpt_dir / f"last.{i}.pt")
-    atomic_save(state, last)
+    atomic_torch_save(state, last)
 
 
 def candidates(ckpt_dir: Path) -> list[Path]:
@@ -86,12 +81,58 @@ def describe_mismatch(err: RuntimeError) -> str:
     return (telling or lines or ["state dict mismatch"])[0].rstrip(".")[:200]
 
 
-def _fsync_dir(directory: Path) -> None:
+
+@dataclass
+class LoadedRun:
+    cfg: object  # distrib.config.Config
+    model: torch.nn.Module  # in eval mode
+    data: object  # distrib.data.PreparedData
+    checkpoint: Path
+    device: torch.device
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
+    """The resolved config, the dataset it names, and the model with the checkpoint's weights."""
+    from distrib.config import load_config
+    from distrib.data import load_dataset
+    from distrib.models import build_model
+
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise UserError(f"{run_dir}: no config.yaml, not a distrib run directory")
+    ckpt_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if not ckpt_path.is_file():
+        raise UserError(f"{run_dir}: no checkpoint {ckpt_path.name} in checkpoints/ (has the run finished an epoch?)")
+    if (run_dir / "refit" / "checkpoints" / ckpt_path.name).is_file():
+        print(f"note: {run_dir / 'refit'} holds this run's refit model (train.refit); pass that directory to use it",
+              file=sys.stderr)
+    cfg = load_config(str(config_path))
+    weights = read_weights(ckpt_path)
+    data = load_dataset(cfg.data)
+    model = build_model(cfg.model, data.n_users, data.n_items, data.rating_min, data.rating_max)
     try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise UserError(f"{ckpt_path}: does not fit the model that {config_path.name} describes "
+                        f"({describe_mismatch(err)})") from None
+    torch_device = torch.device(device)
+    return LoadedRun(cfg, model.to(torch_device).eval(), data, ckpt_path, torch_device)
+
+
+def read_weights(path: Path) -> dict:
+    """The model's state dict from a checkpoint, any wrapper prefixes removed; errors as one UserError line."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        state = read(path)
+    except UserError:
+        raise
+    except ValueError as err:
+        raise UserError(f"{path}: {err}") from None
+    except Exception as err:  # a truncated zip raises RuntimeError, a garbled pickle others
+        raise UserError(f"{path}: unreadable checkpoint ({type(err).__name__})") from None
+    weights = state["model"]
+    for prefix in WRAPPER_PREFIXES:
+        consume_prefix_in_state_dict_if_present(weights, prefix)
+    return weights

@@ -20,7 +20,7 @@ DATASETS = (
     "ml-latest", "ml-latest-small", "file",
 )
 ML100K_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
-MODELS = ("embeddingnet", "mf", "autorec", "ensemble")  # distrib.model, model_mf, model_autorec, model_ensemble
+MODELS = ("embeddingnet", "mf", "autorec", "ensemble")  # the registry in distrib.models
 
 
 @dataclass
@@ -89,7 +89,7 @@ class ModelConfig:
     dropouts: list[float] = field(default_factory=lambda: [0.2, 0.2])
     embedding_dropout: float = 0.02
     bias: bool = False  # user and item bias terms added to the output logit
-    # Per-rating L2 on the embeddings (and bias terms) of each batch's users and items: distrib.model_mf
+    # Per-rating L2 on the embeddings (and bias terms) of each batch's users and items: distrib.models.penalty
     factor_reg: float = 0.0
     bias_reg: float = 0.0
     autorec: AutoRecConfig = field(default_factory=AutoRecConfig)

@@ -1,4 +1,5 @@
-"""One resolver from any launcher's environment to torch.distributed, and the process-group lifecycle.
+"""One resolver from any launcher's environment to torch.distributed, the device choice, the process-group
+lifecycle, and the DDP wrap with its gradient-communication hook.
 
 Order matters: a full torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK) wins over SLURM's, so that
 `srun torchrun` gets torchrun's ranks (Lightning and dinov2 both got this wrong); then SLURM tasks
@@ -13,11 +14,14 @@ import re
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
+from distrib.config import DistConfig
 from distrib.errors import UserError
 
 TORCHRUN_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -94,10 +98,12 @@ def first_host(nodelist: str) -> str:
     return match.group(1) + first
 
 
-def select_device(requested: str, local_rank: int) -> torch.device:
+def select_device(requested: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
+    """The device `requested` (auto, cpu or cuda) names for this local rank; `key` is the setting that
+    asked, named in the error when CUDA is asked for and absent."""
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise UserError("train.device=cuda but no CUDA device is available")
+            raise UserError(f"{key}=cuda but no CUDA device is available")
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)  # before init_process_group, so NCCL binds the right GPU
         return device
@@ -183,6 +189,39 @@ def _fresh_round_store(env: DistEnv, restart: str, timeout_s: float) -> dist.Sto
     store = dist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=env.is_main and not agent_hosts,
                           timeout=datetime.timedelta(seconds=timeout_s))
     return dist.PrefixStore(f"distrib/restart-{restart}", store)
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, cfg: DistConfig | None = None) -> torch.nn.Module:
+    """DDP around `model` when a process group exists (the model itself otherwise)."""
+    if not dist.is_initialized():
+        return model
+    cfg = cfg or DistConfig()
+    ids = [device.index] if device.type == "cuda" else None
+    # Buffers are identical on every rank (autorec's rating matrix): no need to broadcast them each step.
+    # Small buckets (dist.bucket_cap_mb): the MLP's gradients are all-reduced while the embeddings' backward runs.
+    # gradient_as_bucket_view: .grad is a view of DDP's bucket, which saves a copy of every gradient per step.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.13 renames broadcast_buffers; older torch lacks the new name
+        ddp = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False,
+                                      bucket_cap_mb=cfg.bucket_cap_mb, gradient_as_bucket_view=True)
+    if cfg.grad_compression == "bf16":
+        ddp.register_comm_hook(None, bf16_allreduce_hook)
+    return ddp
+
+
+def bf16_allreduce_hook(group, bucket):
+    """DDP's bf16_compress_hook (average in bf16 on the wire, back to fp32), which torch refuses outside CUDA/XPU;
+    gloo all-reduces bf16 on CPU. Every rank decompresses the same bf16 sum, so ranks stay identical."""
+    group = group if group is not None else dist.group.WORLD
+    buffer = bucket.buffer()
+    compressed = buffer.to(torch.bfloat16).div_(group.size())
+    future = dist.all_reduce(compressed, group=group, async_op=True).get_future()
+
+    def decompress(fut):
+        buffer.copy_(fut.value()[0])
+        return buffer
+
+    return future.then(decompress)
 
 
 def close_process_group() -> None:

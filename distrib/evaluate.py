@@ -7,7 +7,7 @@ against every movie the user has no known rating for).
 The run directory supplies everything: config.yaml (the resolved config, so the same data and model
 shape) and checkpoints/best.pt. Ranking scores every movie for every user; on the largest MovieLens sets
 that is billions of model calls, so it ranks a seeded sample of at most --max-users users (default 10000,
-0 for all) and says so. Also the loader `load_run` that `distrib.recommend` uses.
+0 for all) and says so.
 """
 from __future__ import annotations
 
@@ -15,78 +15,20 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from distrib.checkpoint import describe_mismatch
-from distrib.checkpoint import read as read_checkpoint
+from distrib.checkpoint import LoadedRun, load_run
+from distrib.distributed import select_device
 from distrib.errors import UserError, exit_on_user_error
+from distrib.metrics import error_sums, from_sums
 from distrib.ranking import RELEVANT_RATING, TOP_K, KnownItems, ranking_metrics
 
 PREDICT_BATCH = 65536  # (user, movie) pairs per forward pass
 MAX_RANKING_USERS = 10000
 SAMPLE_SEED = 0
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers, should one slip through
-
-
-@dataclass
-class LoadedRun:
-    cfg: object  # distrib.config.Config
-    model: torch.nn.Module  # in eval mode
-    data: object  # distrib.data.PreparedData
-    checkpoint: Path
-    device: torch.device
-
-
-def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedRun:
-    """The resolved config, the dataset it names, and the model with the checkpoint's weights."""
-    from distrib.config import load_config
-    from distrib.data import load_dataset
-    from distrib.model import build_model
-
-    run_dir = Path(run_dir).expanduser()
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run directory")
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise UserError(f"{run_dir}: no config.yaml, not a distrib run directory")
-    ckpt_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    if not ckpt_path.is_file():
-        raise UserError(f"{run_dir}: no checkpoint {ckpt_path.name} in checkpoints/ (has the run finished an epoch?)")
-    if (run_dir / "refit" / "checkpoints" / ckpt_path.name).is_file():
-        print(f"note: {run_dir / 'refit'} holds this run's refit model (train.refit); pass that directory to use it",
-              file=sys.stderr)
-    cfg = load_config(str(config_path))
-    weights = _read_weights(ckpt_path)
-    data = load_dataset(cfg.data)
-    model = build_model(cfg.model, data.n_users, data.n_items, data.rating_min, data.rating_max)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise UserError(f"{ckpt_path}: does not fit the model that {config_path.name} describes "
-                        f"({describe_mismatch(err)})") from None
-    torch_device = torch.device(device)
-    return LoadedRun(cfg, model.to(torch_device).eval(), data, ckpt_path, torch_device)
-
-
-def _read_weights(path: Path) -> dict:
-    try:
-        state = read_checkpoint(path)
-    except UserError:
-        raise
-    except ValueError as err:
-        raise UserError(f"{path}: {err}") from None
-    except Exception as err:  # a truncated zip raises RuntimeError, a garbled pickle others
-        raise UserError(f"{path}: unreadable checkpoint ({type(err).__name__})") from None
-    weights = {}
-    for key, value in state["model"].items():
-        for prefix in WRAPPER_PREFIXES:
-            key = key[len(prefix):] if key.startswith(prefix) else key
-        weights[key] = value
-    return weights
 
 
 @torch.no_grad()
@@ -112,8 +54,9 @@ def score_all_items(model: torch.nn.Module, users, n_items: int, device: torch.d
 def rating_metrics(model: torch.nn.Module, split, device: torch.device | str = "cpu") -> dict:
     if split is None or len(split) == 0:
         return {"rmse": math.nan, "mae": math.nan, "ratings": 0}
-    err = predict(model, split.users, split.items, device).astype(np.float64) - np.asarray(split.ratings)
-    return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err))), "ratings": len(split)}
+    pred = torch.from_numpy(predict(model, split.users, split.items, device))
+    result = from_sums(error_sums(pred, torch.from_numpy(np.array(split.ratings, dtype=np.float32))))
+    return {"rmse": result["rmse"], "mae": result["mae"], "ratings": result["count"]}
 
 
 def evaluate_run(run: LoadedRun, split_name: str = "test", max_users: int = MAX_RANKING_USERS,
@@ -158,18 +101,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def pick_device(name: str) -> str:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device available")
-    return "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
-
-
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.max_users < 0:
         raise UserError("--max-users must be >= 0")
-    run = load_run(args.run_dir, args.checkpoint, pick_device(args.device))
+    run = load_run(args.run_dir, args.checkpoint, select_device(args.device, key="--device"))
     result = evaluate_run(run, args.split, args.max_users)
     print(json.dumps(result) if args.json else format_result(result, args.run_dir), flush=True)
     return 0

@@ -83,7 +83,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
-    from distrib.evaluate import load_run
+    from distrib.checkpoint import load_run
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.top < 1:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from distrib.plots import movie_counts, schedule_curve, write_run_plots
+from distrib.analysis import movie_counts, schedule_curve
+from distrib.plots import write_run_plots
 
 log = logging.getLogger("distrib")
 
@@ -13,8 +14,7 @@ def finish_run(trainer, tracker, summary: dict) -> None:
     data, step = trainer.data, trainer.progress.step
     steps, lrs = schedule_curve(trainer.cfg.train, trainer.steps_per_epoch, max(step, 1))
     counts = movie_counts(data.n_items, data.train.items)
-    model = trainer.model  # a model without item embeddings `m` (autorec) names its own item vectors
-    vectors = (model.item_vectors() if hasattr(model, "item_vectors") else model.m.weight).detach().float().cpu().numpy()
+    vectors = trainer.model.item_vectors().detach().float().cpu().numpy()
     titles = data.titles or [str(raw) for raw in data.item_ids]
     images, ends = write_run_plots(trainer.run.plots, trainer.metrics, steps, lrs, vectors, titles, counts)
     tracker.log_images(step, images)

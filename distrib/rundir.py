@@ -1,17 +1,16 @@
 """The run directory: checked writable and locked before any training, and written atomically.
 
 Everything a run produces lives here: config.yaml, metrics.jsonl, summary.json, checkpoints/, plots/,
-wandb/. Only rank 0 writes; two jobs on one run.dir are refused through an fcntl lock.
+wandb/. Only rank 0 writes; two jobs on one run.dir are refused through a `FileLock`.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 from pathlib import Path
 
 from distrib.errors import UserError
+from distrib.fsutil import TMP_GLOB, FileLock, LockHeld, atomic_write_text
 
 LOCK_NAME = ".lock"
 MIN_FREE_BYTES = 64 * 2**20  # a checkpoint of the article's model on ml-25m is ~150 MB; refuse a nearly full disk early
@@ -22,7 +21,7 @@ class RunDir:
         self.path = Path(path).expanduser()
         self.checkpoints = self.path / "checkpoints"
         self.plots = self.path / "plots"
-        self._lock_file = None
+        self._lock = FileLock(self.path / LOCK_NAME)
 
     def open(self) -> None:
         """Create, check writable and free space, take the lock. Raises UserError with one line."""
@@ -39,35 +38,21 @@ class RunDir:
         if free.f_bavail * free.f_frsize < MIN_FREE_BYTES:
             raise UserError(f"run.dir {self.path}: less than {MIN_FREE_BYTES >> 20} MiB free on its filesystem")
         self._take_lock()
-        for stale in self.checkpoints.glob(".*.tmp.*"):  # left by a writer killed before its rename
+        for stale in self.checkpoints.glob(TMP_GLOB):  # left by a writer killed before its rename
             stale.unlink(missing_ok=True)
 
     def _take_lock(self) -> None:
-        handle = open(self.path / LOCK_NAME, "a+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
-            handle.close()
-            if err.errno in (errno.EAGAIN, errno.EACCES):
-                raise UserError(f"run.dir {self.path}: in use by another job ({owner}); "
-                                "wait for it or choose another run.dir") from None
-            raise
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-        handle.flush()
-        self._lock_file = handle
+            self._lock.acquire(blocking=False)
+        except LockHeld as held:
+            raise UserError(f"run.dir {self.path}: in use by another job ({held.holder}); "
+                            "wait for it or choose another run.dir") from None
 
     def close(self) -> None:
-        if self._lock_file is not None:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            self._lock_file.close()
-            self._lock_file = None
+        self._lock.release()
 
     def write_text(self, name: str, text: str) -> None:
-        write_atomic(self.path / name, text)
+        atomic_write_text(self.path / name, text)
 
     def write_json(self, name: str, obj) -> None:
         self.write_text(name, json.dumps(obj, indent=2, sort_keys=True) + "\n")
@@ -81,11 +66,3 @@ class RunDir:
     def write_metrics(self, rows: list[dict]) -> None:
         self.write_text("metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
 
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

@@ -28,12 +28,11 @@ import math
 import netrc
 import os
 import re
-import secrets
-import string
 from pathlib import Path
 from urllib.parse import urlparse
 
 from distrib.config import TrackingConfig
+from distrib.fsutil import atomic_write_text
 
 log = logging.getLogger("distrib")
 
@@ -80,9 +79,6 @@ class NullTracker:
         self.close(0 if exc_type is None else 1)
 
 
-Tracker = NullTracker  # the interface every tracker implements
-
-
 def build_tracker(cfg: TrackingConfig, run_dir: Path, config: dict, is_main: bool) -> NullTracker:
     """The W&B tracker on the main rank, unless tracking is disabled; a null tracker everywhere else."""
     if not is_main or cfg.mode == "disabled":
@@ -114,11 +110,10 @@ def load_or_create_run_id(run_dir: Path) -> str:
         run_id = path.read_text().strip()
         if run_id:
             return run_id
-    alphabet = string.ascii_lowercase + string.digits
-    run_id = "".join(secrets.choice(alphabet) for _ in range(8))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(run_id + "\n")
-    tmp.replace(path)
+    from wandb.util import generate_id
+
+    run_id = generate_id()
+    atomic_write_text(path, run_id + "\n")
     return run_id
 
 
@@ -196,10 +191,8 @@ class WandbTracker(NullTracker):
         self._save_state()
 
     def _save_state(self) -> None:
-        path = self.run_dir / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"run_id": self.run_id, "last_step": self._last_step, "best": self._best}))
-        tmp.replace(path)
+        atomic_write_text(self.run_dir / STATE_FILE,
+                          json.dumps({"run_id": self.run_id, "last_step": self._last_step, "best": self._best}))
 
     def log_images(self, step: int, images: dict) -> None:
         """`{"plots/learning_curves": Path(...png)}`: each existing file as a W&B image."""

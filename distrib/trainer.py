@@ -1,4 +1,4 @@
-"""The training loop: DDP around EmbeddingNet, sharded batches from device-resident data, the scaled and
+"""The training loop: DDP around the model, sharded batches from device-resident data, the scaled and
 restarting LR schedule, exact sharded validation, synced early stopping, checkpoints and resume.
 
 Loss: the article's summed MSE. Each rank's loss is its local sum times the world size, so DDP's gradient
@@ -16,17 +16,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from distrib import checkpoint as ckpt
-from distrib.config import Config, DistConfig, to_dict
+from distrib.config import Config, to_dict
 from distrib.data import PreparedData, RatingSplit
-from distrib.distributed import DistEnv
+from distrib.distributed import DistEnv, wrap_ddp
 from distrib.early_stopping import EarlyStopping
 from distrib.errors import UserError
+from distrib.fsutil import atomic_torch_save
 from distrib.health import DivergenceGuard
-from distrib.model import build_model
-from distrib.model_mf import build_penalty
+from distrib.metrics import error_sums, from_sums
+from distrib.models import build_model, build_penalty
 from distrib.progress import EpochProgress
 from distrib.rundir import RunDir
 from distrib.sampler import epoch_permutation, rank_batches, shard_bounds, steps_per_epoch
@@ -71,7 +71,7 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch(len(self.train_split), cfg.train.batch_size)
         torch.manual_seed(cfg.train.seed)  # the same initial weights whatever the world size
         self.model = build_model(cfg.model, data.n_users, data.n_items, data.rating_min, data.rating_max).to(device)
-        if hasattr(self.model, "attach_train"):  # models that read the training ratings as input (autorec)
+        if self.model.needs_train_ratings:  # its input is the training rating matrix (autorec)
             self.model.attach_train(data.train)
         self.penalty = build_penalty(cfg.model, self.model)  # None: plain MSE
         self.optimizer = build_optimizer(self.model, cfg, device)
@@ -164,7 +164,7 @@ class Trainer:
             users, items = split.users[idx], split.items[idx]
             with self.autocast:
                 pred = self.ddp(users, items)
-            # pred may be (members, batch) in training (model_ensemble): each member's own error, summed
+            # pred may be (members, batch) in training (an ensemble): each member's own error, summed
             sq_sum = self.guard.observe((pred.float() - split.ratings[idx]).pow(2).sum(), self.progress.step)
             loss = sq_sum if self.penalty is None else sq_sum + self.penalty(users, items)
             self.optimizer.zero_grad(set_to_none=True)
@@ -200,7 +200,7 @@ class Trainer:
             self.run.write_metrics(self.metrics)  # first: a death before the checkpoint replays this epoch
             state = self.state_dict()
             if improved:
-                ckpt.atomic_save(state, self.run.checkpoints / "best.pt")
+                atomic_torch_save(state, self.run.checkpoints / "best.pt")
             ckpt.save_last(state, self.run.checkpoints, keep=self.cfg.run.keep_checkpoints)
         if dist.is_initialized():
             dist.barrier()
@@ -261,59 +261,20 @@ def sharded_metrics(model: torch.nn.Module, split: DeviceSplit, rank: int, world
         stop = min(start + EVAL_BATCH, hi)
         with autocast or nullcontext():
             pred = model(split.users[start:stop], split.items[start:stop])
-        err = pred.double() - split.ratings[start:stop].double()  # float64 sums: equal for any sharding
-        sums[0] += err.pow(2).sum()
-        sums[1] += err.abs().sum()
-        sums[2] += stop - start
+        sums += error_sums(pred, split.ratings[start:stop])  # float64 sums: equal for any sharding
     if dist.is_initialized():
         dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-    sq, ab, count = sums.tolist()
-    if count == 0:
-        return {"mse": math.nan, "rmse": math.nan, "mae": math.nan, "count": 0}
-    return {"mse": sq / count, "rmse": math.sqrt(sq / count), "mae": ab / count, "count": int(count)}
+    return from_sums(sums)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
-    # One fused kernel for the whole update, on CUDA and on CPU (on CPU ~2.6 ms/step less than the default
-    # per-parameter loop for the article's model, issue 5).
+    # One fused kernel for the whole update, on CUDA and on CPU (cheaper than the per-parameter loop).
     fused = device.type in ("cuda", "cpu")
     # adam: the article's (weight decay as an L2 term in the gradient); adamw: decoupled decay (Loshchilov &
     # Hutter), which the tuned EmbeddingNet needs: with Adam the L2 term is rescaled per parameter and barely acts
     optimizer = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
     return optimizer(model.parameters(), lr=scaled_lr(cfg.train), weight_decay=cfg.train.weight_decay,
                      betas=tuple(cfg.train.betas), fused=fused or None)
-
-
-def wrap_ddp(model: torch.nn.Module, device: torch.device, cfg: DistConfig | None = None) -> torch.nn.Module:
-    if not dist.is_initialized():
-        return model
-    cfg = cfg or DistConfig()
-    ids = [device.index] if device.type == "cuda" else None
-    # Buffers are identical on every rank (autorec's rating matrix): no need to broadcast them each step.
-    # Small buckets (dist.bucket_cap_mb): the MLP's gradients are all-reduced while the embeddings' backward runs.
-    # gradient_as_bucket_view: .grad is a view of DDP's bucket, which saves a copy of every gradient per step.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch 2.13 renames broadcast_buffers; older torch lacks the new name
-        ddp = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False,
-                                      bucket_cap_mb=cfg.bucket_cap_mb, gradient_as_bucket_view=True)
-    if cfg.grad_compression == "bf16":
-        ddp.register_comm_hook(None, _bf16_allreduce_hook)
-    return ddp
-
-
-def _bf16_allreduce_hook(group, bucket):
-    """DDP's bf16_compress_hook (average in bf16 on the wire, back to fp32), which torch refuses outside CUDA/XPU;
-    gloo all-reduces bf16 on CPU. Every rank decompresses the same bf16 sum, so ranks stay identical."""
-    group = group if group is not None else dist.group.WORLD
-    buffer = bucket.buffer()
-    compressed = buffer.to(torch.bfloat16).div_(group.size())
-    future = dist.all_reduce(compressed, group=group, async_op=True).get_future()
-
-    def decompress(fut):
-        buffer.copy_(fut.value()[0])
-        return buffer
-
-    return future.then(decompress)
 
 
 def _seed_for(seed: int, rank: int, epoch: int) -> int:

@@ -111,7 +111,8 @@ def test_evaluate_rejects_negative_max_users(run_dir, capsys):
 
 
 def test_evaluate_samples_users(run_dir):
-    from distrib.evaluate import evaluate_run, load_run
+    from distrib.checkpoint import load_run
+    from distrib.evaluate import evaluate_run
 
     result = evaluate_run(load_run(run_dir), "test", max_users=5)
     assert result["ranking_sampled"] and result["ranking_users"] == 5

@@ -11,10 +11,7 @@ import torch
 
 from distrib.config import load_config
 from distrib.errors import UserError
-from distrib.model import EmbeddingNet, build_model
-from distrib.model_autorec import IAutoRec
-from distrib.model_ensemble import Ensemble
-from distrib.model_mf import BiasedMF, build_penalty
+from distrib.models import BiasedMF, EmbeddingNet, Ensemble, IAutoRec, build_model, build_penalty
 from tests.helpers import check_ok, max_rel_diff, summary, tiny, train_cli, weights
 
 N_USERS, N_ITEMS = 7, 5
@@ -38,7 +35,7 @@ def toy_train() -> SimpleNamespace:
 def test_model_name_selects_the_model_and_predictions_have_one_value_per_pair(name, cls):
     _, model = model_for(f"model.name={name}")
     assert type(model) is cls
-    if hasattr(model, "attach_train"):
+    if model.needs_train_ratings:
         model.attach_train(toy_train())
     users, items = torch.tensor([0, 3, 6, 6]), torch.tensor([4, 0, 1, 1])
     model.eval()
@@ -182,3 +179,19 @@ def test_adamw_decays_weights_apart_from_the_gradient():
             assert torch.allclose((before - layer.weight).abs(), torch.full_like(before, 1e-2), rtol=1e-3)
         else:
             assert torch.allclose(layer.weight, before * expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name, tables, needs_ratings, owns_penalty", [
+    ("embeddingnet", {"user", "movie"}, False, False),
+    ("mf", {"user", "movie", "user_bias", "movie_bias"}, False, False),
+    ("autorec", set(), True, True),
+])
+def test_each_model_says_what_it_needs(name, tables, needs_ratings, owns_penalty):
+    _, model = model_for(f"model.name={name}")
+    assert set(model.embedding_tables()) == tables
+    assert all(isinstance(t, torch.nn.Embedding) for t in model.embedding_tables().values())
+    assert (model.needs_train_ratings, model.owns_penalty) == (needs_ratings, owns_penalty)
+    _, with_bias = model_for("model.bias=true")
+    assert set(with_bias.embedding_tables()) == {"user", "movie", "user_bias", "movie_bias"}
+    _, ensemble = model_for(*ENSEMBLE)
+    assert ensemble.needs_train_ratings and ensemble.owns_penalty

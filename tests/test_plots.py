@@ -9,10 +9,10 @@ matplotlib.use("Agg")
 import matplotlib.image as mpimg  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
+from distrib.analysis import embedding_pca, find_restarts, movie_counts, schedule_curve  # noqa: E402
 from distrib.config import TrainConfig  # noqa: E402
 from distrib.plots import (  # noqa: E402
-    embedding_pca, find_restarts, last_row_per_epoch, lr_figure, movie_counts, plot_embedding_pca,
-    plot_learning_curves, plot_lr_schedule,
+    last_row_per_epoch, lr_figure, plot_embedding_pca, plot_learning_curves, plot_lr_schedule, write_run_plots,
 )
 from distrib.schedule import lr_factor  # noqa: E402
 
@@ -132,8 +132,6 @@ def test_movie_counts():
 
 
 def test_write_run_plots_with_trainer_schedule(tmp_path):
-    from distrib.plots import schedule_curve, write_run_plots
-
     cfg = TrainConfig(lr=1e-3, batch_size=2000, ref_batch_size=2000, cycle_epochs=2.0, eta_min_ratio=0.1)
     steps, lrs = schedule_curve(cfg, steps_per_epoch=10, total_steps=60)
     assert lrs.max() == pytest.approx(1e-3) and find_restarts(lrs) == [20, 40]

@@ -9,7 +9,7 @@ import yaml
 
 from distrib.config import load_config
 from distrib.data import load_dataset
-from distrib.model import build_model
+from distrib.models import build_model
 from distrib.trainer import sharded_metrics, to_device
 from tests.helpers import (check_ok, max_rel_diff, metrics, spawn_ranks, summary, tiny, train_cli, weights)
 from tests.trained_run import run_module

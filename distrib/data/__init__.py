@@ -3,7 +3,7 @@ generator, id encoding, splits, and the memory-mapped cache that every rank shar
 
 The one entry the trainer uses is `load_dataset(cfg.data)`, which returns a `PreparedData`.
 Modules: movielens (layout readers), delimited (fast parsing + bad-input checks), download (GroupLens,
-checksums, atomic extract), synthetic, encode (ids, duplicates), splits, cache, lock, prepare.
+checksums, atomic extract), synthetic, encode (ids, duplicates), splits, cache, prepare.
 """
 from distrib.data.prepare import load_dataset  # noqa: F401
 from distrib.data.types import PreparedData, RatingSplit  # noqa: F401

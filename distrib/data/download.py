@@ -17,9 +17,9 @@ import warnings
 import zipfile
 from pathlib import Path
 
-from distrib.data.lock import file_lock
 from distrib.data.movielens import RATINGS_FILE
 from distrib.errors import UserError
+from distrib.fsutil import FileLock
 
 # SHA-256 of the official zips. ml-100k, ml-1m, ml-20m, ml-25m: as pinned by tensorflow-datasets
 # (url_checksums/movielens.txt). ml-latest-small is a rolling release: we accept the current one (hashed
@@ -35,6 +35,7 @@ SHA256 = {
 }
 # Folder names inside the zips that differ from the dataset name.
 ZIP_FOLDER = {"ml-10m": "ml-10M100K"}
+LOCK_HINT = "set data.root or data.cache_dir"  # the keys that move the data lock files elsewhere
 _CHUNK = 1 << 20
 
 
@@ -51,7 +52,7 @@ def ensure_movielens(name: str, root: Path, base_url: str, sha256: str = "") -> 
     found = dataset_folder(name, root)
     if found:
         return found
-    with file_lock(root / f".{name}.lock"):
+    with FileLock(root / f".{name}.lock", hint=LOCK_HINT):
         found = dataset_folder(name, root)  # another process may have finished while we waited
         if found:
             return found

@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from distrib.data.cache import cache_key, is_complete, open_cache, write_cache
-from distrib.data.download import ensure_movielens
+from distrib.data.download import LOCK_HINT, ensure_movielens
 from distrib.data.encode import encode
-from distrib.data.lock import file_lock
 from distrib.data.movielens import ML100K_SPLITS, RATINGS_FILE, read_file, read_movielens
 from distrib.data.raw import resolve_scale
 from distrib.data.splits import split_indices
 from distrib.data.synthetic import generate
 from distrib.data.types import PreparedData
 from distrib.errors import UserError
+from distrib.fsutil import FileLock
 
 
 def load_dataset(cfg) -> PreparedData:
@@ -35,7 +35,7 @@ def load_dataset(cfg) -> PreparedData:
     folder = cache_root / f"{cfg.name}-{cache_key(parts)}"
     built = False
     if not is_complete(folder):
-        with file_lock(cache_root / f".{folder.name}.lock"):
+        with FileLock(cache_root / f".{folder.name}.lock", hint=LOCK_HINT):
             if not is_complete(folder):  # another rank may have built it while we waited
                 _build(cfg, source, folder, parts)
                 built = True

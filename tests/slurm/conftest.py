@@ -6,10 +6,6 @@ import pytest
 from tests.launch.common import cluster_problem, in_ci
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slurm: needs a real SLURM cluster (slurm/dev-cluster.sh)")
-
-
 @pytest.fixture(autouse=True)
 def slurm_cluster():
     problem = cluster_problem()

@@ -1,4 +1,4 @@
-"""distrib.ops: the fast CPU dropout is a correct dropout (rate, mean, gradient, replayable), in fp32, bf16 and
+"""distrib.models.dropout: the fast CPU dropout is a correct dropout (rate, mean, gradient, replayable), in fp32, bf16 and
 under torch.compile."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from distrib.ops import dropout, keep_mask, keep_scale, relu_dropout
+from distrib.models.dropout import dropout, keep_mask, keep_scale, relu_dropout
 
 N = 400_000
 

@@ -5,36 +5,36 @@ Each member is fit to the ratings on its own, as if trained alone, but in the sa
 optimizer, schedule, DDP and checkpoints (member i's weights under `members.i.`). In training mode forward
 returns one row of predictions per member, and the trainer's summed squared error, broadcast against the
 batch's ratings, is the sum of the members' losses (its logged train loss is that sum). The members
-never see each other's errors: trained jointly on the mean, they fit each other's residuals instead,
-which validated worse in one ml-100k run (val RMSE 0.903 against 0.889). Early stopping and the best
-checkpoint follow the ensemble's validation RMSE. Each member keeps its own regularisation: `penalty` sums
-the members' (`build_penalty`), and `attach_train` reaches the members that read the training ratings.
+never see each other's errors: trained jointly on the mean, they would fit each other's residuals instead,
+which validated worse on ml-100k. Early stopping and the best checkpoint follow the ensemble's validation
+RMSE. Each member keeps its own regularisation (`penalty` sums the members' penalties), and `attach_train`
+reaches the members that read the training ratings.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from distrib.config import ModelConfig
+from distrib.models.base import RatingModel
+from distrib.models.penalty import Penalty
 
 
-class Ensemble(nn.Module):
-    def __init__(self, cfg: ModelConfig, members: list[nn.Module], rating_min: float, rating_max: float):
+class Ensemble(RatingModel):
+    owns_penalty = True
+
+    def __init__(self, members: list[RatingModel], penalties: list[Penalty | None], member_weights: list[float],
+                 rating_min: float, rating_max: float):
         super().__init__()
-        from dataclasses import replace
-
-        from distrib.model_mf import build_penalty
-
         self.members = nn.ModuleList(members)
-        weights = torch.tensor(cfg.member_weights or [1.0] * len(members), dtype=torch.float32)
+        weights = torch.tensor(member_weights or [1.0] * len(members), dtype=torch.float32)
         self.weights = (weights / weights.sum()).tolist()
-        self._penalties = [build_penalty(replace(cfg, name=name, members=[]), member)
-                           for name, member in zip(cfg.members, members)]
+        self._penalties = penalties
+        self.needs_train_ratings = any(member.needs_train_ratings for member in members)
         self.rating_min, self.rating_max = float(rating_min), float(rating_max)
 
     def attach_train(self, train) -> None:
         for member in self.members:
-            if hasattr(member, "attach_train"):
+            if member.needs_train_ratings:
                 member.attach_train(train)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -52,5 +52,5 @@ class Ensemble(nn.Module):
 
     @torch.no_grad()
     def item_vectors(self) -> torch.Tensor:
-        first = self.members[0]
-        return first.item_vectors() if hasattr(first, "item_vectors") else first.m.weight
+        """The first member's movie vectors."""
+        return self.members[0].item_vectors()

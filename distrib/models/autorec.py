@@ -1,5 +1,5 @@
 """I-AutoRec (Sedhain et al., WWW 2015), `model.name=autorec`: each movie's column of training ratings is
-encoded into `model.n_factors` sigmoid units and decoded back to one rating per user.
+encoded into `model.autorec.hidden` sigmoid units and decoded back to one rating per user.
 
     prediction(u, i) = (W sigmoid(V r_i + b) + c)[u],   r_i = item i's training ratings (0 where unrated)
 
@@ -13,7 +13,7 @@ are ever predicted from training ratings: their own values never enter the input
 
 The L2 term of the objective, lambda/2 (|V|^2 + |W|^2) per pass over the training ratings, is spread over
 the batches by `penalty`: each batch adds its share (batch ratings / training ratings), which sums to
-one lambda/2 (...) per epoch whatever the batch size or world size. lambda is `model.factor_reg`.
+one lambda/2 (...) per epoch whatever the batch size or world size. lambda is `model.autorec.l2`.
 """
 from __future__ import annotations
 
@@ -21,11 +21,15 @@ import torch
 from torch import nn
 
 from distrib.errors import UserError
+from distrib.models.base import RatingModel
 
-MAX_DENSE_ENTRIES = 200_000_000  # items x users of the float16 buffer: 400 MB (ml-10m's 10677 x 69878 is 746M)
+MAX_DENSE_ENTRIES = 200_000_000  # items x users of the float16 buffer: 400 MB (ml-10m is 10677 x 69878 = 746M)
 
 
-class IAutoRec(nn.Module):
+class IAutoRec(RatingModel):
+    needs_train_ratings = True
+    owns_penalty = True
+
     def __init__(self, n_users: int, n_items: int, n_hidden: int, l2: float, rating_min: float, rating_max: float):
         super().__init__()
         if n_users * n_items > MAX_DENSE_ENTRIES:

@@ -1,28 +1,26 @@
-"""EmbeddingNet, as the article builds and initialises it, and the factory that sizes it from config.
+"""EmbeddingNet (`model.name=embeddingnet`, the default), as the article builds and initialises it.
 
 User and movie embeddings are concatenated (user first), embedding dropout applied, then
 Linear -> ReLU -> Dropout for each hidden size, a final Linear to one unit, and a sigmoid scaled so
 outputs span [min_rating - 0.5, max_rating + 0.5]. `model.bias=true` adds user and item bias terms
-to the logit (an option of issue 6's tuning; off by default to keep the article's model).
+to the logit (off by default, which keeps the article's model).
 
 The modules are the article's (same state_dict keys), but forward fuses each hidden ReLU with its dropout and
-draws masks with `distrib.ops`, which on CPU is several times cheaper than `nn.Dropout`'s bernoulli.
+draws masks with `distrib.models.dropout`, which on CPU is much cheaper than `nn.Dropout`'s bernoulli.
 """
 from __future__ import annotations
-
-from dataclasses import replace
 
 import torch
 from torch import nn
 
-from distrib.config import ModelConfig
-from distrib.ops import dropout, relu_dropout
+from distrib.models.base import RatingModel
+from distrib.models.dropout import dropout, relu_dropout
 
 EMBEDDING_INIT_RANGE = 0.05
 LINEAR_BIAS_INIT = 0.01
 
 
-class EmbeddingNet(nn.Module):
+class EmbeddingNet(RatingModel):
     def __init__(self, n_users: int, n_items: int, n_factors: int, hidden: list[int], dropouts: list[float],
                  embedding_dropout: float, rating_min: float, rating_max: float, bias: bool = False):
         super().__init__()
@@ -68,27 +66,9 @@ class EmbeddingNet(nn.Module):
         span = self.rating_max - self.rating_min + 1
         return torch.sigmoid(logit.float()) * span + self.rating_min - 0.5
 
+    def embedding_tables(self) -> dict[str, nn.Embedding]:
+        tables = {"user": self.u, "movie": self.m}
+        if self.user_bias is not None:
+            tables.update(user_bias=self.user_bias, movie_bias=self.item_bias)
+        return tables
 
-def build_model(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, rating_max: float) -> nn.Module:
-    """The model `cfg.name` picks: embeddingnet (the article's, the default), mf (`distrib.model_mf`) or
-    autorec (`distrib.model_autorec`, whose input the trainer fills with `attach_train`) or an ensemble of
-    them (`distrib.model_ensemble`)."""
-    if cfg.name == "mf":
-        from distrib.model_mf import BiasedMF
-
-        return BiasedMF(n_users, n_items, cfg.n_factors, rating_min, rating_max)
-    if cfg.name == "autorec":
-        from distrib.model_autorec import IAutoRec
-
-        return IAutoRec(n_users, n_items, cfg.autorec.hidden, cfg.autorec.l2, rating_min, rating_max)
-    if cfg.name == "ensemble":
-        from distrib.model_ensemble import Ensemble
-
-        members = [build_model(replace(cfg, name=name, members=[]), n_users, n_items, rating_min, rating_max)
-                   for name in cfg.members]
-        return Ensemble(cfg, members, rating_min, rating_max)
-    return EmbeddingNet(
-        n_users=n_users, n_items=n_items, n_factors=cfg.n_factors, hidden=list(cfg.hidden),
-        dropouts=list(cfg.dropouts), embedding_dropout=cfg.embedding_dropout,
-        rating_min=rating_min, rating_max=rating_max, bias=cfg.bias,
-    )

@@ -1,11 +1,10 @@
 """Fast dropout for CPU training: the mask comes from raw 64-bit random words, 1 to 16 bits per element.
 
-On CPU, `torch.bernoulli_` draws one double per element (about 18 ms for a 2000x500 mask on this 2-core
-machine, half the article's step), while filling int64 words with raw generator output costs about 1 ms per
-million elements. Each element takes a field of 1, 2, 4, 8 or 16 bits of those words (the fewest that express p
-exactly: one bit for 0.5, two for 0.25, 16 for 0.05 -> 3277/65536) and is kept when its field is at least
-p * 2**bits, so the drop rate is exact (or within 1/131072), and the survivors are scaled by 1/(1 - that rate):
-the mean is preserved exactly.
+On CPU, `torch.bernoulli_` draws one double per element, while filling int64 words with raw generator output
+and cutting them into narrow fields is many times cheaper. Each element takes a field of 1, 2, 4, 8 or 16 bits
+of those words (the fewest that express p exactly: one bit for 0.5, two for 0.25, 16 for 0.05 -> 3277/65536)
+and is kept when its field is at least p * 2**bits, so the drop rate is exact (or within 1/131072), and the
+survivors are scaled by 1/(1 - that rate): the mean is preserved exactly.
 
 `relu_dropout` fuses the hidden layers' ReLU with their dropout and keeps no mask for backward.
 
@@ -142,7 +141,7 @@ class _ReluDropout(torch.autograd.Function):
 
 
 def _use_native(x: torch.Tensor) -> bool:
-    # Not under torch.compile either: inductor's own CPU masks (from the native op) measured 3x slower here.
+    # Not under torch.compile either: inductor's own CPU masks (from the native op) are slower than these.
     return x.device.type != "cpu"
 
 

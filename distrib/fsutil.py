@@ -1,0 +1,113 @@
+"""Files written so that a reader never sees half of one, and an exclusive lock between processes.
+
+Atomic writes go to a temporary file beside the target (`.NAME.tmp.PID`), are flushed and fsynced, renamed
+over the target, and the directory is fsynced, so after a crash the target holds either the old or the new
+content. `FileLock` is an `fcntl.flock` on a lock file: it covers N processes on one node and, on Linux
+NFS/Lustre mounts, processes on several nodes; the kernel releases it when the holder dies, so a crashed
+process never leaves a stale lock (unlike a lock *file* whose mere existence is the lock).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from distrib.errors import UserError
+
+TMP_GLOB = ".*.tmp.*"  # what a writer killed before its rename leaves behind
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write(handle)` on a temporary file, then make it `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_torch_save(obj, path: str | Path) -> None:
+    import torch
+
+    atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LockHeld(Exception):
+    """Another process holds the lock; `holder` is what it wrote into the lock file."""
+
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder
+
+
+class FileLock:
+    """An exclusive lock on `path` (created if missing, writable by everyone sharing the directory).
+
+    `with FileLock(p):` waits for the lock; `acquire(blocking=False)` raises LockHeld at once instead.
+    The holder writes "pid N on HOST" into the file, so a refused process can say who holds it."""
+
+    def __init__(self, path: str | Path, hint: str = ""):
+        self.path = Path(path)
+        self.hint = hint  # added to the error when the lock file cannot be created, e.g. which key moves it
+        self._fd: int | None = None
+
+    def acquire(self, blocking: bool = True) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise UserError(f"{self.path.parent}: cannot create a lock file there ({err.strerror}); "
+                            f"is the directory writable?{' (' + self.hint + ')' if self.hint else ''}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except OSError as err:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise LockHeld(holder) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,33 @@
+"""What the trainer and the end-of-run report may ask any model, with the defaults most models want.
+
+A model answers for itself instead of being recognised by its class or module:
+- `needs_train_ratings`: whether its input is the training rating matrix, filled once by `attach_train`;
+- `owns_penalty`: whether it brings its own L2 term (`penalty`) instead of the per-rating one on its tables;
+- `embedding_tables()`: its embedding lookups by role ("user", "movie", "user_bias", "movie_bias"), which
+  the per-rating penalty regularises and a sharded trainer may place on other devices;
+- `item_vectors()`: one vector per movie, for the embedding plot, table and PCA.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RatingModel(nn.Module):
+    """forward(users, items) -> predicted ratings, one per (user, item) pair."""
+
+    needs_train_ratings = False
+    owns_penalty = False
+
+    def attach_train(self, train) -> None:
+        """Read the training split (parallel arrays users, items, ratings); only models that need it do."""
+
+    def embedding_tables(self) -> dict[str, nn.Embedding]:
+        return {}
+
+    @torch.no_grad()
+    def item_vectors(self) -> torch.Tensor:
+        return self.embedding_tables()["movie"].weight.detach()
+
+    def penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no penalty of its own (owns_penalty is False)")
