@@ -1,6 +1,6 @@
-"""Accuracy side by side (issue 6): distrib's shipped configurations and classic peers on the same splits.
+"""Accuracy side by side: distrib's shipped configurations and classic peers on the same splits.
 
-    python benchmarks/accuracy.py [--data-root DIR] [--seeds 3] [--datasets ml-100k,ml-latest-small]
+    python -m benchmarks.accuracy [--data-root DIR] [--seeds 3] [--datasets ml-100k,ml-latest-small]
                                   [--methods ...] [--out results.json]
 
 For each dataset and seed s (0, 1, ...), every method sees the same prepared split: `train.seed=s`,
@@ -28,12 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from distrib.config import load_config
+from distrib.data import load_dataset
+from distrib.ranking import KnownItems, ranking_metrics
 
-from distrib.config import load_config  # noqa: E402
-from distrib.data import load_dataset  # noqa: E402
-from distrib.ranking import KnownItems, ranking_metrics  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 DATASETS = {  # name -> (split label, {method: (distrib config, extra overrides)})
     "ml-100k": ("u1", {

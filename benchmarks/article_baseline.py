@@ -1,6 +1,6 @@
-"""The article's plain single-process training loop, written as the article writes it: the baseline of issue 5.
+"""The article's plain single-process training loop, written as the article writes it: the throughput baseline.
 
-    python benchmarks/article_baseline.py [--epochs 100] [--quick]
+    python -m benchmarks.article_baseline [--epochs 100] [--quick]
 
 numpy permutation per epoch, batches of 2000 (last partial batch dropped), LongTensor/FloatTensor made from
 numpy each step, MSELoss(reduction='sum'), Adam (lr 1e-3, wd 1e-5), the cosine schedule restarting every 2
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness import article_config, load_article_data
+from benchmarks.harness import article_config, load_article_data
 
 
 class ArticleEmbeddingNet(nn.Module):

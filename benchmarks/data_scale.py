@@ -1,6 +1,6 @@
 """Data-pipeline figures at ml-25m scale: synthetic generate+encode+split+cache, and ratings.csv parsing.
 
-    python benchmarks/data_scale.py [--ratings 25000095] [--keep DIR]
+    python -m benchmarks.data_scale [--ratings 25000095] [--keep DIR]
 
 Prints seconds per stage; asserts nothing about time. Needs ~4 GB of RAM and ~2 GB of temp disk.
 """

@@ -1,29 +1,27 @@
 """Shared pieces of the benchmarks: the article's configuration, an in-process distrib Trainer with a clock
 that can pause for test evaluations, FLOP counting, and matmul peak rates measured on this machine.
 
-Not a benchmark itself; the scripts next to it import it (run them from the repository root).
+Not a benchmark itself; the scripts next to it import it (run them from the repository root as
+`python -m benchmarks.NAME`).
 """
 from __future__ import annotations
 
-import inspect
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from distrib.config import Config, load_config
+from distrib.data import PreparedData, load_dataset
+from distrib.distributed import DistEnv
+from distrib.rundir import RunDir
+from distrib.tracking import NullTracker
+from distrib.trainer import Trainer, to_device
 
-from distrib.config import Config, load_config  # noqa: E402
-from distrib.data import PreparedData, load_dataset  # noqa: E402
-from distrib.distributed import DistEnv  # noqa: E402
-from distrib.rundir import RunDir  # noqa: E402
-from distrib.tracking import NullTracker  # noqa: E402
-from distrib.trainer import Trainer, to_device  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 ARTICLE_CONFIG = REPO / "configs" / "ml-100k-article.yaml"  # 150 factors, [500,500,500], batch 2000, Adam 1e-3, wd 1e-5
 DATA_ROOT = os.environ.get("DISTRIB_TEST_DATA", "/work/shared/data")
@@ -60,18 +58,18 @@ class TimedTrainer(Trainer):
         self.epoch_rows: list[dict] = []
         self.train_s = 0.0  # the training phases only (as the article loop's samples/s counts them)
 
-    def _train_epoch(self, epoch: int) -> float:
+    def train_epoch(self, epoch: int) -> float:
         started = time.perf_counter()
         try:
-            return super()._train_epoch(epoch)
+            return super().train_epoch(epoch)
         finally:
             self.train_s += time.perf_counter() - started
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.clock_start - self.paused_s
 
-    def _run_epoch(self, epoch: int) -> None:
-        super()._run_epoch(epoch)
+    def run_epoch(self, epoch: int) -> None:
+        super().run_epoch(epoch)
         at = self.elapsed()
         paused = time.perf_counter()
         test = self.evaluate(self.test_split)
@@ -83,25 +81,14 @@ class TimedTrainer(Trainer):
             self.reached_s = at
 
 
-def build_trainer(cls, cfg: Config, env: DistEnv, device: torch.device, data: PreparedData, run: RunDir, **kwargs):
-    """The Trainer's constructor took the tracker until fit() did; accept either."""
-    if "tracker" in inspect.signature(Trainer.__init__).parameters:
-        return cls(cfg, env, device, data, run, NullTracker(), **kwargs)
-    return cls(cfg, env, device, data, run, **kwargs)
-
-
-def fit(trainer) -> dict:
-    return trainer.fit(NullTracker()) if "tracker" in inspect.signature(trainer.fit).parameters else trainer.fit()
-
-
 def run_distrib(cfg: Config, data: PreparedData, target_rmse: float = 0.0) -> dict:
     """Train in this process (one rank) and return the summary plus per-epoch figures."""
     with tempfile.TemporaryDirectory(prefix="distrib-bench-run-") as tmp:
         run = RunDir(tmp)
         run.open()
         try:
-            trainer = build_trainer(TimedTrainer, cfg, SINGLE, torch.device("cpu"), data, run, target_rmse=target_rmse)
-            summary = fit(trainer)
+            trainer = TimedTrainer(cfg, SINGLE, torch.device("cpu"), data, run, target_rmse=target_rmse)
+            summary = trainer.fit(NullTracker())
             total_s = trainer.elapsed()
         finally:
             run.close()

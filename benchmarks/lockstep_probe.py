@@ -1,4 +1,4 @@
-"""Issue 5, target 3: how far apart two ranks' identical work runs on this machine, and what a per-step
+"""How far apart two ranks' identical work runs on this machine, and what a per-step
 barrier then costs. No model, no DDP: each rank does the same fixed fp32 matmul work per step.
 
     OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=2 benchmarks/lockstep_probe.py [--steps 60]

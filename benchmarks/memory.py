@@ -1,6 +1,6 @@
-"""Issue 5, target 4: resident memory of 1 and 2 ranks on the synthetic ml-25m-sized set, and its growth per epoch.
+"""Resident memory of 1 and 2 ranks on the synthetic ml-25m-sized set, and its growth per epoch.
 
-    python benchmarks/memory.py [--ratings 25000095] [--epochs 3] [--keep DIR]
+    python -m benchmarks.memory [--ratings 25000095] [--epochs 3] [--keep DIR]
 
 Builds (once) the synthetic set with ml-25m's shape (162,541 users, 59,047 movies, 25M ratings), then runs the
 real job under torchrun with 1 rank and with 2 gloo ranks (a small model and a large batch, so an epoch over
@@ -25,11 +25,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from distrib.config import DataConfig, SyntheticConfig
+from distrib.data import load_dataset
 
-from distrib.config import DataConfig, SyntheticConfig  # noqa: E402
-from distrib.data import load_dataset  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 ML25M_USERS, ML25M_ITEMS, ML25M_RATINGS = 162_541, 59_047, 25_000_095
 MODEL = ["model.n_factors=16", "model.hidden=[32]", "model.dropouts=[0.1]", "train.batch_size=100000",

@@ -1,11 +1,11 @@
-"""Issue 5, target 3: same global batch on 1 rank x 1 thread against 2 gloo ranks x 1 thread, and the share of
+"""Same global batch on 1 rank x 1 thread against 2 gloo ranks x 1 thread, and the share of
 a step spent synchronising gradients.
 
-    python benchmarks/scaling.py [--precision bf16] [--epochs 2] [--ranks 1 2] [--setups ddp-default buckets-1mb ...]
+    python -m benchmarks.scaling [--precision bf16] [--epochs 2] [--ranks 1 2] [--setups ddp-default buckets-1mb ...]
 
-Launches `torchrun --standalone --nproc_per_node=N benchmarks/scaling.py --worker` for each N with
+Launches `torchrun --standalone --nproc_per_node=N -m benchmarks.scaling --worker` for each N with
 OMP_NUM_THREADS=1 (the machine has 2 cores). Each worker builds distrib's real Trainer (DDP, the article's
-configuration, ml-100k u1), runs a warm-up epoch, then times the hot loop `_train_epoch` with gradient sync and
+configuration, ml-100k u1), runs a warm-up epoch, then times the hot loop `Trainer.train_epoch` with gradient sync and
 inside `ddp.no_sync()` (each rank at its own pace), then in lockstep (`no_sync()` with a barrier after each step:
 every step waits for the slower rank, but no gradients move; its step time gives the `ceiling`, the speedup that
 a free all-reduce would reach here), and times `dist.all_reduce` of a gradient-sized fp32 buffer. Prints samples/s per world
@@ -26,10 +26,10 @@ import time
 import torch
 import torch.distributed as dist
 
-from harness import REPO, article_config, build_trainer, load_article_data, time_call
+from benchmarks.harness import REPO, article_config, load_article_data, time_call
 
 SETUPS = {  # DDP setups compared (dist.* overrides)
-    "ddp-default": ["dist.bucket_cap_mb=25", "dist.grad_compression=none"],  # before issue 5's change: one bucket
+    "ddp-default": ["dist.bucket_cap_mb=25", "dist.grad_compression=none"],  # DDP's default: one bucket
     "buckets-1mb": ["dist.bucket_cap_mb=1", "dist.grad_compression=none"],  # distrib's default now
     "buckets-1mb+bf16": ["dist.bucket_cap_mb=1", "dist.grad_compression=bf16"],
 }
@@ -49,8 +49,8 @@ def worker(args) -> None:
     with tempfile.TemporaryDirectory(prefix="distrib-scaling-") as tmp:
         run = RunDir(f"{tmp}/rank{env.rank}")
         run.open()
-        trainer = build_trainer(Trainer, cfg, env, device, data, run)
-        trainer._train_epoch(0)  # warm-up (and compilation, if on)
+        trainer = Trainer(cfg, env, device, data, run)
+        trainer.train_epoch(0)  # warm-up (and compilation, if on)
         synced = _time_epochs(trainer, range(1, 1 + args.epochs))
         with trainer.ddp.no_sync():
             local = _time_epochs(trainer, range(1 + args.epochs, 1 + 2 * args.epochs))
@@ -80,7 +80,7 @@ def _time_epochs(trainer, epochs) -> float:
     dist.barrier()
     start = time.perf_counter()
     for epoch in epochs:
-        trainer._train_epoch(epoch)
+        trainer.train_epoch(epoch)
     dist.barrier()
     return time.perf_counter() - start
 
@@ -90,7 +90,7 @@ def launch(nproc: int, args, setup: str) -> dict:
                                                             "MASTER_PORT") and not k.startswith("SLURM_")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           __file__, "--worker", "--precision", args.precision, "--epochs", str(args.epochs), "--setup", setup]
+           "-m", "benchmarks.scaling", "--worker", "--precision", args.precision, "--epochs", str(args.epochs), "--setup", setup]
     if args.compile:
         cmd.append("--compile")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

@@ -1,6 +1,6 @@
 """Where one training step of the article's configuration spends its time, by operator (torch.profiler).
 
-    python benchmarks/step_profile.py [--precision bf16] [--compile] [--steps 10] [--rows 15]
+    python -m benchmarks.step_profile [--precision bf16] [--compile] [--steps 10] [--rows 15]
 
 One process on CPU, batch 2000 of ml-100k u1, distrib's model and optimizer, the trainer's step (autocast,
 summed MSE, zero_grad, backward, Adam). Prints ms/step and the operator table sorted by self CPU time.
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from harness import article_config, load_article_data
+from benchmarks.harness import article_config, load_article_data
 from distrib.models import build_model
 from distrib.trainer import build_optimizer
 

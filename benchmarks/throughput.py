@@ -1,8 +1,8 @@
-"""Issue 5, targets 1, 2 and 5: distrib against the article's plain loop, side by side in one run.
+"""distrib against the article's plain loop, side by side in one run.
 
-    python benchmarks/throughput.py --quick                 # ~1 min: 3 epochs each, samples/s only
-    python benchmarks/throughput.py                         # ~3 min: every variant to early stopping
-    python benchmarks/throughput.py --variants fp32 bf16 bf16+compile
+    python -m benchmarks.throughput --quick                 # ~1 min: 3 epochs each, samples/s only
+    python -m benchmarks.throughput                         # ~3 min: every variant to early stopping
+    python -m benchmarks.throughput --variants fp32 bf16 bf16+compile
 
 The article's configuration (configs/ml-100k-article.yaml) on ml-100k u1, one process, default threads. Prints this
 machine's measured fp32 and bf16 matmul rates; then per variant: samples/s, the ratio to the article loop run
@@ -17,16 +17,16 @@ import logging
 
 import torch
 
-from article_baseline import train_article
-from harness import (article_config, fmt_rate, load_article_data, matmul_rates, rmse_str, run_distrib,
-                     train_flops_per_sample)
+from benchmarks.article_baseline import train_article
+from benchmarks.harness import (article_config, fmt_rate, load_article_data, matmul_rates, rmse_str, run_distrib,
+                                train_flops_per_sample)
 
 VARIANTS = {
     "fp32": ["train.precision=fp32"],
     "bf16": ["train.precision=bf16"],
     "fp32+compile": ["train.precision=fp32", "train.compile=true"],
     "bf16+compile": ["train.precision=bf16", "train.compile=true"],
-    # issue 5 target 2: the same model, schedule and early stopping, with the article's optional-in-distrib
+    # time to quality: the same model, schedule and early stopping, with the article's optional-in-distrib
     # user/item bias terms (model.bias), which converge in fewer epochs; judged by the same final test RMSE
     "bf16+bias": ["train.precision=bf16", "model.bias=true"],
     "fp32+bias": ["train.precision=fp32", "model.bias=true"],

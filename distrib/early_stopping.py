@@ -1,16 +1,13 @@
 """Early stopping on the global validation loss, identical on every rank.
 
-Each rank contributes its local sum and count; one all-reduce gives the global loss, so every rank makes
-the same decision at the same point of every epoch (a barrier would not share the decision: Lightning#379).
-gloo lacks ReduceOp.AVG before 2025, so SUM is used and divided here.
+`observe` takes the loss of the whole validation split, which the trainer's sharded validation has already
+all-reduced (sums and counts), so every rank makes the same decision at the same point of every epoch (a
+barrier would not share the decision: Lightning#379).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-
-import torch
-import torch.distributed as dist
 
 
 @dataclass
@@ -20,14 +17,6 @@ class EarlyStopping:
     best_epoch: int = -1
     bad_epochs: int = 0
     should_stop: bool = False
-
-    def update(self, epoch: int, local_loss_sum: float, local_count: float, device="cpu") -> bool:
-        """Record one epoch's validation result; return True if it is the new best."""
-        totals = torch.tensor([local_loss_sum, local_count], dtype=torch.float64, device=device)
-        if dist.is_initialized():
-            dist.all_reduce(totals, op=dist.ReduceOp.SUM)
-        loss = (totals[0] / totals[1].clamp_min(1)).item()
-        return self.observe(epoch, loss)
 
     def observe(self, epoch: int, global_loss: float) -> bool:
         improved = global_loss < self.best

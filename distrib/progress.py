@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import sys
 
+from tqdm import tqdm
+
 
 class EpochProgress:
     def __init__(self, enabled: bool, total: int, description: str):
-        self._bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, file=sys.stderr)
+        # disable=None: tqdm draws only when its file is a terminal
+        self._bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, file=sys.stderr,
+                         disable=None if enabled else True)
 
     def update(self) -> None:
-        if self._bar is not None:
-            self._bar.update()
+        self._bar.update()
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        self._bar.close()

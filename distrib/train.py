@@ -24,7 +24,6 @@ from distrib.errors import JobError, UserError, exit_on_user_error
 from distrib.rundir import RunDir
 
 log = logging.getLogger("distrib")
-USAGE = "usage: python -m distrib.train [CONFIG.yaml] [key=value ...]"
 
 
 def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:

@@ -129,12 +129,13 @@ class Trainer:
         if self.progress.epoch > 0 and (self.early.should_stop or self.progress.epoch >= cfg.epochs):
             log.info("run already finished at epoch %d", self.progress.epoch)
         while self.progress.epoch < cfg.epochs and not self.early.should_stop:
-            self._run_epoch(self.progress.epoch)
+            self.run_epoch(self.progress.epoch)
         return self.finish()
 
-    def _run_epoch(self, epoch: int) -> None:
+    def run_epoch(self, epoch: int) -> None:
+        """One epoch: train, validate, record, checkpoint, report."""
         started = time.perf_counter()
-        train_loss = self._train_epoch(epoch)
+        train_loss = self.train_epoch(epoch)
         if len(self.val_split):
             val = self.evaluate(self.val_split)
             improved = self.early.observe(epoch, val["mse"])  # val["mse"] is already the all-reduced global loss
@@ -152,7 +153,8 @@ class Trainer:
         self._save(improved)
         self._report(row, improved)
 
-    def _train_epoch(self, epoch: int) -> float:
+    def train_epoch(self, epoch: int) -> float:
+        """One pass over this rank's batches of the training split; the global mean squared error."""
         cfg, env = self.cfg.train, self.env
         torch.manual_seed(_seed_for(cfg.seed, env.rank, epoch))  # dropout masks: distinct per rank, replayable
         self.ddp.train()

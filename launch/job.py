@@ -2,8 +2,9 @@
 
 It lives outside launch/submit.py so that its pickle names an importable module, not `__main__`.
 On SLURM each task is an srun task, so distrib.distributed.resolve_env reads its rank from SLURM's
-variables; submitit's local executor sets only its own (SUBMITIT_LOCAL_*), which are exported here as
-a torchrun-style environment. A timeout or preemption (USR2) calls `checkpoint()` on global rank 0
+variables; submitit's local executor sets only its own (SUBMITIT_LOCAL_*), which submitit's
+`TorchDistributedEnvironment` exports here as a torchrun-style environment (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT). A timeout or preemption (USR2) calls `checkpoint()` on global rank 0
 only (submitit#9): it returns a fresh submission of the same command, submitit runs `scontrol
 requeue` and exits that task, and the requeued job resumes from run.dir/checkpoints/last.pt because
 the command names the same run.dir. The other ranks ignore the signal and then lose rank 0 (or are
@@ -62,13 +63,10 @@ class TrainJob(submitit.helpers.Checkpointable):
 def export_local_rank_env(job_env) -> None:
     """Give a local (non-SLURM) submitit task the RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* torch expects."""
     if job_env.cluster == "slurm":
-        return  # an srun task: resolve_env derives rank, master and port from SLURM_* itself
-    from distrib.distributed import port_from_job_id
-
-    os.environ.update(
-        RANK=str(job_env.global_rank), WORLD_SIZE=str(job_env.num_tasks), LOCAL_RANK=str(job_env.local_rank),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port_from_job_id(str(job_env.job_id))),
-    )
+        return  # an srun task: resolve_env derives rank, master (first host of the node list) and port itself
+    # Every task derives the same port from the job id; the device is chosen from LOCAL_RANK, not by
+    # narrowing CUDA_VISIBLE_DEVICES.
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
 def requeued_since_start(job_env, tries: int = 5) -> bool:

@@ -8,6 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -23,6 +24,18 @@ TINY = [
 
 def tiny(tmp_path: Path, run: str = "run", *extra: str) -> list[str]:
     return TINY + [f"data.root={tmp_path / 'data'}", f"run.dir={tmp_path / run}", *extra]
+
+
+def in_ci() -> bool:
+    """Whether this is CI: `CI` set to anything but an explicit no."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail(reason: str) -> None:
+    """A missing prerequisite: a skip locally, a failure in CI (where nothing required may skip)."""
+    if in_ci():
+        pytest.fail(f"CI: {reason}")
+    pytest.skip(reason)
 
 
 def clean_env(threads: int = 1) -> dict:
@@ -41,6 +54,13 @@ def train_cli(args: list[str], nproc: int = 0, timeout: float = 300, env: dict |
     else:
         cmd = [sys.executable, "-m", "distrib.train", *args]
     return subprocess.run(cmd, cwd=REPO, env=env or clean_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def run_module(module: str, *args, timeout_s: float = 120) -> subprocess.CompletedProcess:
+    """`python -m module args...` from the repository root, W&B off; output captured."""
+    env = {**clean_env(), "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=timeout_s)
 
 
 def check_ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

@@ -1,37 +1,27 @@
 """Real-data accuracy: the shipped ml-100k configuration, cut to a few epochs, on the canonical split u1.
 
-The data directory comes from DISTRIB_TEST_DATA (CI sets it to the shared MovieLens dir, holding ml-100k/);
-without it the test is skipped locally and fails under CI=true, so CI cannot pass by not running it.
+The data directory is the session's data_root (DISTRIB_TEST_DATA, holding ml-100k/): without it the tests
+skip locally and fail in CI, so CI cannot pass by not running them.
 The bound is loose (the full run reaches about 0.896, README "Accuracy"): it catches a model, sampler or
 split that stopped learning, within well under a minute of one CPU thread.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import check_ok, clean_env, metrics, summary, train_cli
 
+pytestmark = pytest.mark.slow  # every test here launches processes or trains
+
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 6
 RMSE_BOUND = 1.0
 
 
-def data_root() -> Path:
-    root = os.environ.get("DISTRIB_TEST_DATA", "")
-    if not root:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("DISTRIB_TEST_DATA is not set: CI must point it at the MovieLens data dir (holding ml-100k/)")
-        pytest.skip("DISTRIB_TEST_DATA is not set (the dir holding ml-100k/)")
-    if not (Path(root) / "ml-100k").is_dir():
-        pytest.fail(f"DISTRIB_TEST_DATA={root} has no ml-100k/ directory")
-    return Path(root)
-
-
-def test_shipped_ml100k_config_learns_u1_within_a_few_epochs(tmp_path):
-    root = data_root()
+def test_shipped_ml100k_config_learns_u1_within_a_few_epochs(data_root, tmp_path):
+    root = data_root
     run_dir = tmp_path / "run"
     proc = check_ok(train_cli([str(REPO / "configs/ml-100k.yaml"), f"data.root={root}",
                                f"data.cache_dir={tmp_path / 'cache'}", f"run.dir={run_dir}",
@@ -45,10 +35,10 @@ def test_shipped_ml100k_config_learns_u1_within_a_few_epochs(tmp_path):
     assert refit["epochs_run"] == result["best_epoch"] and refit["test_rmse"] < RMSE_BOUND, refit
 
 
-def test_shipped_embeddingnet_config_runs_its_one_cycle_on_u1(tmp_path):
+def test_shipped_embeddingnet_config_runs_its_one_cycle_on_u1(data_root, tmp_path):
     """configs/ml-100k-embeddingnet.yaml cut to 3 epochs: the one-cycle schedule spans exactly those epochs (its
     lr ends near zero), no early stopping cuts it, and the refit trains on all of u1.base."""
-    root = data_root()
+    root = data_root
     run_dir = tmp_path / "run"
     proc = check_ok(train_cli([str(REPO / "configs/ml-100k-embeddingnet.yaml"), f"data.root={root}",
                                f"data.cache_dir={tmp_path / 'cache'}", f"run.dir={run_dir}",

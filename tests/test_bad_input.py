@@ -10,6 +10,8 @@ import pytest
 
 from tests.helpers import check_ok, tiny, train_cli
 
+pytestmark = pytest.mark.slow  # every test here launches processes or trains
+
 GOOD = "1\t10\t4\n1\t20\t3\n2\t10\t5\n2\t30\t2\n3\t20\t4\n3\t30\t1\n" * 3
 
 

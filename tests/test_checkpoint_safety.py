@@ -5,8 +5,9 @@ import shutil
 import pytest
 import torch
 
-from tests.helpers import clean_env, tiny, train_cli
-from tests.trained_run import run_module, tiny_run
+from tests.helpers import clean_env, run_module, tiny, train_cli
+
+pytestmark = pytest.mark.slow  # every test here launches processes or trains
 
 
 class _Payload:
@@ -26,9 +27,9 @@ def _plant(checkpoint, marker):
 
 
 @pytest.fixture
-def poisoned_run(tmp_path_factory, tmp_path):
+def poisoned_run(tiny_run, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(tiny_run(tmp_path_factory), run)
+    shutil.copytree(tiny_run, run)
     marker = tmp_path / "payload-ran"
     for name in ("last.pt", "best.pt"):
         _plant(run / "checkpoints" / name, marker)

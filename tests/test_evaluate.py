@@ -10,7 +10,7 @@ import pytest
 from distrib.data.types import RatingSplit
 from distrib.evaluate import main as evaluate_main
 from distrib.ranking import KnownItems, hit_and_ndcg, ranking_metrics, target_ranks
-from tests.trained_run import run_module, tiny_run
+from tests.helpers import run_module
 
 
 def _split(users, items, ratings):
@@ -80,39 +80,38 @@ def test_perfect_and_restricted_ranking():
     assert got["ranking_pairs"] == 1 and got["hr@1"] == 0.0
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return tiny_run(tmp_path_factory)
-
-
-def test_evaluate_cli_matches_training_summary(run_dir):
-    summary = json.loads((run_dir / "summary.json").read_text())
-    out = run_module("distrib.evaluate", run_dir, "--json")
+@pytest.mark.slow
+def test_evaluate_cli_matches_training_summary(tiny_run):
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    out = run_module("distrib.evaluate", tiny_run, "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["rmse"] == pytest.approx(summary["test_rmse"], rel=1e-5)
     assert result["mae"] == pytest.approx(summary["test_mae"], rel=1e-5)
     assert 0.0 <= result["ndcg@10"] <= result["hr@10"] <= 1.0 and result["ranking_users"] > 0
-    val = run_module("distrib.evaluate", run_dir, "--split", "val")
+    val = run_module("distrib.evaluate", tiny_run, "--split", "val")
     assert val.returncode == 0, val.stderr
     assert f"rmse {summary['best_val_rmse']:.4f}" in val.stdout and "hr@10" in val.stdout
 
 
+@pytest.mark.slow
 def test_evaluate_missing_run_is_one_line(tmp_path):
     out = run_module("distrib.evaluate", tmp_path / "nope")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "no such run directory" in out.stderr
 
 
-def test_evaluate_rejects_negative_max_users(run_dir, capsys):
+@pytest.mark.slow
+def test_evaluate_rejects_negative_max_users(tiny_run, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        evaluate_main([str(run_dir), "--max-users", "-1"])
+        evaluate_main([str(tiny_run), "--max-users", "-1"])
     assert exit_info.value.code == 2 and "--max-users" in capsys.readouterr().err
 
 
-def test_evaluate_samples_users(run_dir):
+@pytest.mark.slow
+def test_evaluate_samples_users(tiny_run):
     from distrib.checkpoint import load_run
     from distrib.evaluate import evaluate_run
 
-    result = evaluate_run(load_run(run_dir), "test", max_users=5)
+    result = evaluate_run(load_run(tiny_run), "test", max_users=5)
     assert result["ranking_sampled"] and result["ranking_users"] == 5

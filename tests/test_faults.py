@@ -9,7 +9,9 @@ import time
 import pytest
 import torch
 
-from tests.helpers import REPO, check_ok, clean_env, metrics, summary, tiny, train_cli, weights
+from tests.helpers import REPO, check_ok, clean_env, metrics, skip_or_fail, summary, tiny, train_cli, weights
+
+pytestmark = pytest.mark.slow  # every test here launches processes or trains
 
 
 def _wait_for_epochs(run, count, procs, timeout_s=240):
@@ -122,9 +124,7 @@ def small_mount(tmp_path):
         point.mkdir()
         proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
         if proc.returncode != 0:
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"cannot mount a tmpfs in CI: {proc.stderr.decode().strip()}")
-            pytest.skip("mounting a tmpfs needs root")
+            skip_or_fail(f"cannot mount a tmpfs (needs root): {proc.stderr.decode().strip()}")
         mounted.append(point)
         return point
 

@@ -30,6 +30,7 @@ def test_a_failed_write_keeps_the_old_content(tmp_path):
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.pt"]
 
 
+@pytest.mark.slow
 def test_lock_excludes_another_process_and_names_the_holder(tmp_path):
     path = tmp_path / ".lock"
     with FileLock(path):

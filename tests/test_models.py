@@ -149,6 +149,7 @@ def test_ensemble_trains_each_member_on_its_own_and_predicts_their_weighted_mean
                                                          rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_args", [ENSEMBLE, ["model.name=autorec", "model.autorec.hidden=16"]],
                          ids=["ensemble", "autorec"])
 def test_new_models_train_in_the_distributed_job_with_the_same_weights_on_1_and_2_ranks(tmp_path, model_args):

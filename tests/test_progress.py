@@ -8,7 +8,11 @@ import subprocess
 import sys
 import termios
 
+import pytest
+
 from tests.helpers import REPO, check_ok, clean_env, tiny, train_cli
+
+pytestmark = pytest.mark.slow  # every test here launches processes or trains
 
 
 def test_log_files_get_plain_epoch_lines_without_carriage_returns(tmp_path):

@@ -12,19 +12,15 @@ from distrib.errors import UserError
 from distrib.checkpoint import load_run
 from distrib.recommend import main as recommend_main
 from distrib.recommend import rated_items, recommend, user_index
-from tests.trained_run import run_module, tiny_run
+from tests.helpers import run_module
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return tiny_run(tmp_path_factory)
+def loaded(tiny_run):
+    return load_run(tiny_run)
 
 
-@pytest.fixture(scope="module")
-def loaded(run_dir):
-    return load_run(run_dir)
-
-
+@pytest.mark.slow
 def test_never_recommends_a_rated_movie_and_follows_the_model(loaded):
     data, model = loaded.data, loaded.model
     for raw in data.user_ids[:: max(1, len(data.user_ids) // 8)]:
@@ -42,6 +38,7 @@ def test_never_recommends_a_rated_movie_and_follows_the_model(loaded):
         assert [r["title"] for r in recs] == [data.titles[i] for i in items]
 
 
+@pytest.mark.slow
 def test_rated_items_covers_every_split(loaded):
     data = loaded.data
     user = int(data.test.users[0])
@@ -60,36 +57,38 @@ def test_user_index_for_integer_and_text_ids():
         user_index(np.array([1, 2]), "x")
 
 
-def test_cli_prints_top_n(loaded, run_dir):
+@pytest.mark.slow
+def test_cli_prints_top_n(loaded, tiny_run):
     raw = str(loaded.data.user_ids[0])
-    out = run_module("distrib.recommend", run_dir, "--user", raw, "--top", "4")
+    out = run_module("distrib.recommend", tiny_run, "--user", raw, "--top", "4")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 5 and f"user {raw}" in lines[0] and lines[1].lstrip().startswith("1.")
 
 
-def _copy(run_dir, tmp_path):
+def _copy(tiny_run, tmp_path):
     copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns(".lock"))
+    shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns(".lock"))
     return copy
 
 
-def _no_checkpoint(run_dir, tmp_path):
-    copy = _copy(run_dir, tmp_path)
+def _no_checkpoint(tiny_run, tmp_path):
+    copy = _copy(tiny_run, tmp_path)
     shutil.rmtree(copy / "checkpoints")
     return copy
 
 
-def _other_shape(run_dir, tmp_path):
-    copy = _copy(run_dir, tmp_path)
+def _other_shape(tiny_run, tmp_path):
+    copy = _copy(tiny_run, tmp_path)
     cfg = yaml.safe_load((copy / "config.yaml").read_text())
     cfg["model"]["n_factors"] = 12
     (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
     return copy
 
 
-def test_cli_unknown_user_is_one_line(run_dir):
-    out = run_module("distrib.recommend", run_dir, "--user", "987654")
+@pytest.mark.slow
+def test_cli_unknown_user_is_one_line(tiny_run):
+    out = run_module("distrib.recommend", tiny_run, "--user", "987654")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("distrib: error: user 987654 is not in")
@@ -101,9 +100,10 @@ def test_cli_unknown_user_is_one_line(run_dir):
     (lambda r, t: t / "missing", ["--user", "1"], "no such run directory"),
     (lambda r, t: r, ["--user", "1", "--top", "0"], "--top must be >= 1"),
 ])
-def test_errors_exit_2_with_one_line(run_dir, tmp_path, capsys, make, args, message):
+@pytest.mark.slow
+def test_errors_exit_2_with_one_line(tiny_run, tmp_path, capsys, make, args, message):
     """In-process (the subprocess path is covered above): the entry point's UserError handling."""
     with pytest.raises(SystemExit) as exit_info:
-        recommend_main([str(make(run_dir, tmp_path)), *args])
+        recommend_main([str(make(tiny_run, tmp_path)), *args])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err, err

@@ -98,6 +98,7 @@ def tracked_run(tmp_path_factory):
     return {"run_dir": run_dir, "ids": (first_id, second_id), "record": read_wandb_run(run_dir)}
 
 
+@pytest.mark.slow
 def test_one_run_per_process_same_id(tracked_run):
     rec, run_dir = tracked_run["record"], tracked_run["run_dir"]
     first_id, second_id = tracked_run["ids"]
@@ -107,6 +108,7 @@ def test_one_run_per_process_same_id(tracked_run):
     assert rec["exit_codes"] == [0, 0]
 
 
+@pytest.mark.slow
 def test_config_and_epoch_metrics(tracked_run):
     rec = tracked_run["record"]
     assert rec["config"]["model"] == {"n_factors": 8} and rec["config"]["train"] == {"lr": 0.001}
@@ -118,6 +120,7 @@ def test_config_and_epoch_metrics(tracked_run):
     assert metrics["val/rmse"]["summary"] == {"min": True}
 
 
+@pytest.mark.slow
 def test_steps_keep_increasing_across_resume(tracked_run):
     rec = tracked_run["record"]
     steps = [row["_step"] for row in rec["history"]]
@@ -128,6 +131,7 @@ def test_steps_keep_increasing_across_resume(tracked_run):
     assert state["last_step"] == 90 and state["best"]["val/rmse"] == min(VAL_RMSE)
 
 
+@pytest.mark.slow
 def test_summary(tracked_run):
     first = read_wandb_run(tracked_run["run_dir"], files=tracked_run["record"]["files"][:1])["summary"]
     assert first["val/rmse"] == {"min": min(VAL_RMSE[:2])}  # define_metric(summary="min")
@@ -137,6 +141,7 @@ def test_summary(tracked_run):
     assert "best_val_rmse" not in summary and summary["device"] == "cpu"
 
 
+@pytest.mark.slow
 def test_images_table_and_artifact(tracked_run):
     rec, run_dir = tracked_run["record"], tracked_run["run_dir"]
     media = {p.as_posix().rpartition("/files/")[2] for p in media_files(run_dir)}
@@ -150,6 +155,7 @@ def test_images_table_and_artifact(tracked_run):
     assert models == [{"name": "model-best", "type": "model", "paths": ["best.pt"]}]
 
 
+@pytest.mark.slow
 def test_embedding_table_rows_are_most_rated(tmp_path):
     run_dir = tmp_path / "run"
     tracker = build_tracker(TrackingConfig(mode="offline"), run_dir, {}, is_main=True)
@@ -175,6 +181,7 @@ def test_disabled_and_non_main_write_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_null_tracker_never_imports_wandb(tmp_path):
     code = textwrap.dedent(f"""
         import sys
@@ -191,6 +198,7 @@ def test_null_tracker_never_imports_wandb(tmp_path):
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_online_without_key_falls_back_offline(tmp_path, capsys):
     assert not has_api_key()
     tracker = build_tracker(TrackingConfig(mode="online"), tmp_path, {}, is_main=True)

@@ -4,6 +4,8 @@ import pytest
 from tests.helpers import check_ok, metrics, summary, tiny, train_cli
 from tests.wandb_records import read_wandb_run
 
+pytestmark = pytest.mark.slow  # every test here launches processes or trains
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

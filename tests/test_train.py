@@ -11,8 +11,9 @@ from distrib.config import load_config
 from distrib.data import load_dataset
 from distrib.models import build_model
 from distrib.trainer import sharded_metrics, to_device
-from tests.helpers import (check_ok, max_rel_diff, metrics, spawn_ranks, summary, tiny, train_cli, weights)
-from tests.trained_run import run_module
+from tests.helpers import check_ok, max_rel_diff, metrics, run_module, spawn_ranks, summary, tiny, train_cli, weights
+
+pytestmark = pytest.mark.slow  # every test here launches processes or trains
 
 NO_DROPOUT = ["model.dropouts=[0]", "model.embedding_dropout=0"]
 

@@ -100,6 +100,7 @@ RACER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_concurrent_processes_download_once(tmp_path, http_server, ml100k_zip):
     server, url = http_server
     server.files["ml-100k.zip"] = ml100k_zip

@@ -134,6 +134,3 @@ def cluster_problem() -> str:
         return f"no usable SLURM node (sinfo: {proc.stdout.strip() or proc.stderr.strip()})"
     return ""
 
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -8,6 +8,8 @@ import pytest
 
 from tests.launch.common import REPO, epochs_done, job_env, run, tiny
 
+pytestmark = pytest.mark.slow  # every test here launches processes or trains
+
 
 @pytest.mark.timeout(150)
 def test_local_two_tasks(tmp_path):

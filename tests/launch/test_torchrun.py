@@ -13,6 +13,8 @@ import pytest
 
 from tests.launch.common import REPO, SLOW, epochs_done, job_env, tiny, wait_until
 
+pytestmark = pytest.mark.slow  # every test here launches processes or trains
+
 
 def children(pid: int) -> list[int]:
     kids = []

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.launch.common import cluster_problem, in_ci
+from tests.helpers import skip_or_fail
+from tests.launch.common import cluster_problem
 
 
 @pytest.fixture(autouse=True)
 def slurm_cluster():
     problem = cluster_problem()
     if problem:
-        if in_ci():
-            pytest.fail(f"CI=true but {problem}")
-        pytest.skip(problem)
+        skip_or_fail(problem)

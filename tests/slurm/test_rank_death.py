@@ -12,7 +12,7 @@ import torch
 from tests.launch.common import SLOW, cancel, epochs_done, wait_job, wait_until
 from tests.slurm.test_sbatch import submit
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def _task_pid(run_dir: Path, procid: str) -> int | None:

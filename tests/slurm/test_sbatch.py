@@ -9,7 +9,7 @@ import torch
 from tests.launch.common import (REPO, SLOW, cancel, epochs_done, job_env, release_requeued, run, sbatch,
                                  settled_accounting, tiny, wait_job, wait_until)
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 TEMPLATE = str(REPO / "slurm" / "train.sbatch")
 TWO_RANKS = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1"]
 

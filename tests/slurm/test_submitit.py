@@ -16,7 +16,7 @@ from tests.helpers import check_ok, train_cli, weights
 from tests.launch.common import (REPO, SLOW, cancel, epochs_done, job_env, release_requeued, run,
                                  settled_accounting, tiny, wait_job, wait_until)
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def submit(args: list[str], tmp_path, timeout_s: float = 150):
