@@ -1,27 +1,18 @@
-"""Helpers for the launcher tests: the tiny config, waiting on files and on SLURM jobs, reading results."""
+"""Helpers for the launcher tests: waiting on files and on SLURM jobs, reading results (the tiny config is
+tests.helpers')."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.helpers import REPO, clean_env  # noqa: F401  (re-exported for the launcher tests)
+from tests.helpers import REPO, TINY, clean_env, tiny  # noqa: F401  (re-exported for the launcher tests)
 
-TINY = [
-    "data.name=synthetic", "data.synthetic.n_users=200", "data.synthetic.n_items=150",
-    "data.synthetic.n_ratings=5000", "model.n_factors=8", "model.hidden=[16]", "model.dropouts=[0.1]",
-    "train.batch_size=256", "train.epochs=3", "dist.timeout_s=60",
-]
 # Epochs long enough (~1 s on 2 ranks of a 2-core machine) to interrupt one while it runs.
 SLOW = ["data.synthetic.n_users=1000", "data.synthetic.n_items=500", "data.synthetic.n_ratings=30000"]
-
-
-def tiny(tmp_path: Path, run: str = "run", *extra: str) -> list[str]:
-    return TINY + [f"data.root={tmp_path / 'data'}", f"run.dir={tmp_path / run}", *extra]
 
 
 def job_env(tmp_path: Path) -> dict:
