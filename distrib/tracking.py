@@ -110,7 +110,7 @@ def load_or_create_run_id(run_dir: Path) -> str:
         run_id = path.read_text().strip()
         if run_id:
             return run_id
-    from wandb.util import generate_id
+    from wandb.sdk.lib.runid import generate_id  # where wandb draws its own run ids (wandb.util's alias is gone)
 
     run_id = generate_id()
     atomic_write_text(path, run_id + "\n")
