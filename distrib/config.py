@@ -1,234 +1,255 @@
-"""The typed config tree: defaults in dataclasses, YAML files in configs/, dotted key=value overrides.
+"""The config: one typed, documented source for every key, its default, its allowed values and its meaning.
 
-Precedence is CLI > file > defaults. Unknown keys and wrong types raise `UserError` with one line that
-names the key, before any process group forms. Each component receives only its own section.
+YAML files in configs/ and dotted key=value overrides fill it; precedence is CLI > file > defaults. Each key
+is a dataclass field declared with `option(...)`: its type (`Literal[...]` for choices), its range, its help
+text and whether it may change when a run resumes. Validation is generic (types, choices, ranges, finiteness)
+and runs whenever a section is built; cross-field rules live in each section's `__post_init__`. Mistakes
+raise `UserError` with one line naming the key, before torch is imported or any process group forms.
+`--help` of distrib.train and the README's config table are generated from here:
+
+    python -m distrib.config --markdown           # print the README's table
+    python -m distrib.config --update-readme      # rewrite it in README.md between its markers
 """
 from __future__ import annotations
 
 import dataclasses
-import types
+import sys
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import yaml
 
-from distrib.errors import UserError
+from distrib.errors import UserError, exit_on_user_error
+from distrib.options import Section, build_section, help_text, iter_keys, markdown_table, option, require, section, show
 
-DATASETS = (
-    "synthetic", "ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-32m",
-    "ml-latest", "ml-latest-small", "file",
-)
-ML100K_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
-MODELS = ("embeddingnet", "mf", "autorec", "ensemble")  # the registry in distrib.models
-
-
-@dataclass
-class SyntheticConfig:
-    n_users: int = 2000
-    n_items: int = 1500
-    n_ratings: int = 200_000
-    rank: int = 8  # planted low-rank preference dimension
-    seed: int = 0
-
-    def __post_init__(self):
-        _require(self.n_users > 0 and self.n_items > 0, "data.synthetic: n_users and n_items must be > 0")
-        _require(self.n_ratings > 0, "data.synthetic.n_ratings must be > 0")
-        _require(self.n_ratings <= self.n_users * self.n_items,
-                 "data.synthetic.n_ratings exceeds n_users * n_items")
+SEED_MAX = 2**32 - 1  # numpy and torch both take seeds in [0, 2**32)
+DatasetName = Literal["synthetic", "ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-32m", "ml-latest",
+                      "ml-latest-small", "file"]
+SplitName = Literal["random", "temporal", "u1", "u2", "u3", "u4", "u5", "ua", "ub"]
+ML100K_SPLITS = typing.get_args(SplitName)[2:]
+MemberName = Literal["embeddingnet", "mf", "autorec"]
 
 
 @dataclass
-class DataConfig:
-    name: str = "synthetic"
-    root: str = "~/.cache/distrib/data"  # downloads and prepared caches live here
-    path: str = ""  # the ratings file, for name=file
-    sep: str = "auto"  # name=file: auto, tab, comma, space, '::', or a literal separator
-    split: str = "random"  # random, temporal, or an ml-100k canonical split u1..u5, ua, ub
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1  # carved from the training part for early stopping
-    split_seed: int = 1
-    rating_min: float | None = None  # declared scale; None takes it from the data
-    rating_max: float | None = None
-    duplicates: str = "last"  # policy for repeated (user, item) pairs: last, first, mean, error
-    base_url: str = "https://files.grouplens.org/datasets/movielens"
-    cache_dir: str = ""  # prepared caches; empty = data.root/cache (set it when data.root is read-only)
-    sha256: str = ""  # pins the download's SHA-256 where the built-in table has none (ml-10m, ml-32m, ml-latest)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+class SyntheticConfig(Section):
+    KEY: ClassVar[str] = "data.synthetic"
+    n_users: int = option(2000, "users in the generated data", ge=1)
+    n_items: int = option(1500, "movies in the generated data", ge=1)
+    n_ratings: int = option(200_000, "ratings in the generated data (at most n_users * n_items)", ge=1)
+    rank: int = option(8, "dimension of the planted low-rank preferences", ge=1)
+    seed: int = option(0, "generator seed", ge=0, le=SEED_MAX)
 
     def __post_init__(self):
-        _require(self.name in DATASETS, f"data.name: unknown dataset {self.name!r} (choose from {', '.join(DATASETS)})")
-        _require(self.name != "file" or self.path, "data.path: required when data.name=file")
-        _require(self.split in ("random", "temporal") + ML100K_SPLITS,
-                 f"data.split: unknown split {self.split!r} (random, temporal, u1..u5, ua, ub)")
-        _require(self.split not in ML100K_SPLITS or self.name == "ml-100k",
+        super().__post_init__()
+        require(self.n_ratings <= self.n_users * self.n_items,
+                 "data.synthetic.n_ratings: exceeds n_users * n_items")
+
+
+@dataclass
+class DataConfig(Section):
+    KEY: ClassVar[str] = "data"
+    name: DatasetName = option("synthetic", "dataset: synthetic, a MovieLens release (downloaded), or file")
+    root: str = option("~/.cache/distrib/data", "where downloads and releases live", nonempty=True,
+                       changeable=True)
+    path: str = option("", "the ratings file, for name=file")
+    sep: str = option("auto", "name=file: auto, tab, comma, space, '::' or a literal separator", nonempty=True)
+    split: SplitName = option("random", "random (seeded), temporal (each user's latest to test), or an "
+                                        "ml-100k canonical split")
+    test_fraction: float = option(0.2, "share of ratings in the test part (random and temporal splits)",
+                                  ge=0.0, lt=1.0)
+    val_fraction: float = option(0.1, "share of the training part carved for validation (early stopping)",
+                                 ge=0.0, lt=1.0)
+    split_seed: int = option(1, "seed of the random split and the validation carve", ge=0, le=SEED_MAX)
+    rating_min: float | None = option(None, "declared lowest rating; null takes it from the data")
+    rating_max: float | None = option(None, "declared highest rating; null takes it from the data")
+    duplicates: Literal["last", "first", "mean", "error"] = option(
+        "last", "what a repeated (user, movie) pair keeps")
+    base_url: str = option("https://files.grouplens.org/datasets/movielens", "download source", nonempty=True,
+                           changeable=True)
+    cache_dir: str = option("", "prepared, memory-mapped arrays; empty: data.root/cache (or ~/.cache/distrib "
+                                "when data.root is read-only)", changeable=True)
+    sha256: str = option("", "pins the download's SHA-256 where the built-in table has none (ml-10m, ml-32m, "
+                             "ml-latest)", changeable=True)
+    synthetic: SyntheticConfig = section(SyntheticConfig, "the synthetic generator (data.name=synthetic)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.name != "file" or self.path, "data.path: required when data.name=file")
+        require(self.split not in ML100K_SPLITS or self.name == "ml-100k",
                  f"data.split: {self.split} exists only for data.name=ml-100k")
-        _require(0.0 <= self.test_fraction < 1.0, "data.test_fraction must be in [0, 1)")
-        _require(0.0 <= self.val_fraction < 1.0, "data.val_fraction must be in [0, 1)")
-        _require(self.duplicates in ("last", "first", "mean", "error"),
-                 "data.duplicates must be one of last, first, mean, error")
-        _require(self.rating_min is None or self.rating_max is None or self.rating_min < self.rating_max,
+        require(self.rating_min is None or self.rating_max is None or self.rating_min < self.rating_max,
                  "data.rating_min must be < data.rating_max")
+        require(not self.sha256 or (len(self.sha256) == 64 and all(c in "0123456789abcdefABCDEF" for c in self.sha256)),
+                 "data.sha256: expected 64 hexadecimal digits")
 
 
 @dataclass
-class AutoRecConfig:
-    hidden: int = 500  # sigmoid code units
-    l2: float = 100.0  # lambda: lambda/2 * |weights|^2 per pass over the training ratings
-
-    def __post_init__(self):
-        _require(self.hidden > 0, "model.autorec.hidden must be > 0")
-        _require(self.l2 >= 0, "model.autorec.l2 must be >= 0")
+class AutoRecConfig(Section):
+    KEY: ClassVar[str] = "model.autorec"
+    hidden: int = option(500, "I-AutoRec's sigmoid code units", ge=1)
+    l2: float = option(100.0, "I-AutoRec's lambda: lambda/2 * |weights|^2 per pass over the training ratings",
+                       ge=0.0)
 
 
 @dataclass
-class ModelConfig:
-    name: str = "embeddingnet"
-    n_factors: int = 50
-    hidden: list[int] = field(default_factory=lambda: [100, 100])
-    dropouts: list[float] = field(default_factory=lambda: [0.2, 0.2])
-    embedding_dropout: float = 0.02
-    bias: bool = False  # user and item bias terms added to the output logit
-    # Per-rating L2 on the embeddings (and bias terms) of each batch's users and items: distrib.models.penalty
-    factor_reg: float = 0.0
-    bias_reg: float = 0.0
-    autorec: AutoRecConfig = field(default_factory=AutoRecConfig)
-    # name=ensemble: the members' weighted sum, trained jointly; each member reads its settings above
-    members: list[str] = field(default_factory=list)
-    member_weights: list[float] = field(default_factory=list)  # empty: equal weights
+class ModelConfig(Section):
+    KEY: ClassVar[str] = "model"
+    name: Literal["embeddingnet", "mf", "autorec", "ensemble"] = option(
+        "embeddingnet", "embeddingnet (the article's), mf (biased MF), autorec (I-AutoRec), ensemble")
+    n_factors: int = option(50, "embedding size (embeddingnet, mf)", ge=1)
+    hidden: list[int] = option([100, 100], "hidden layer sizes (embeddingnet)", ge=1)
+    dropouts: list[float] = option([0.2, 0.2], "dropout after each hidden layer; fewer rates than layers "
+                                               "leaves the last ones without", ge=0.0, lt=1.0)
+    embedding_dropout: float = option(0.02, "dropout on the concatenated embeddings", ge=0.0, lt=1.0)
+    bias: bool = option(False, "user and movie bias terms added to the output")
+    factor_reg: float = option(0.0, "per-rating L2 on each batch's user and movie embeddings", ge=0.0)
+    bias_reg: float = option(0.0, "per-rating L2 on each batch's bias terms", ge=0.0)
+    autorec: AutoRecConfig = section(AutoRecConfig, "I-AutoRec (model.name=autorec or an ensemble member)")
+    members: list[MemberName] = option([], "name=ensemble: two or more models, each fit on its own error, "
+                                           "predicting their weighted mean")
+    member_weights: list[float] = option([], "name=ensemble: one weight per member; empty: equal weights",
+                                         gt=0.0)
 
     def __post_init__(self):
-        _require(self.name in MODELS, f"model.name: unknown model {self.name!r} (choose from {', '.join(MODELS)})")
-        _require(self.factor_reg >= 0 and self.bias_reg >= 0, "model.factor_reg and model.bias_reg must be >= 0")
+        super().__post_init__()
+        require(len(self.dropouts) <= len(self.hidden), "model.dropouts: more rates than hidden layers")
         if self.name == "ensemble":
-            _require(len(self.members) >= 2 and set(self.members) <= set(MODELS) - {"ensemble"},
-                     "model.members: name=ensemble needs two or more of embeddingnet, mf, autorec")
-            _require(len(set(self.members)) == len(self.members), "model.members: each member at most once")
-            _require(not {"embeddingnet", "mf"} <= set(self.members),
+            require(len(self.members) >= 2, "model.members: name=ensemble needs two or more of embeddingnet, "
+                                             "mf, autorec")
+            require(len(set(self.members)) == len(self.members), "model.members: each member at most once")
+            require(not {"embeddingnet", "mf"} <= set(self.members),
                      "model.members: embeddingnet and mf both read model.n_factors; ensemble one of them")
-            _require(not self.member_weights or len(self.member_weights) == len(self.members),
+            require(not self.member_weights or len(self.member_weights) == len(self.members),
                      "model.member_weights: one weight per member (or none for equal weights)")
-            _require(all(w > 0 for w in self.member_weights), "model.member_weights must be > 0")
-        _require(self.n_factors > 0, "model.n_factors must be > 0")
-        _require(all(h > 0 for h in self.hidden), "model.hidden: sizes must be > 0")
-        _require(len(self.dropouts) <= len(self.hidden), "model.dropouts: more rates than hidden layers")
-        for p in list(self.dropouts) + [self.embedding_dropout]:
-            _require(0.0 <= p < 1.0, "model.dropouts / model.embedding_dropout must be in [0, 1)")
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 2000  # the global batch, across all ranks
-    lr: float = 1e-3  # for ref_batch_size; scaled to batch_size by lr_scaling
-    ref_batch_size: int = 2000
-    lr_scaling: str = "sqrt"  # linear, sqrt or none
-    warmup_steps: int = 0
-    # cosine_restarts: the article's (cosine annealing restarted every cycle_epochs, floor eta_min_ratio * lr);
-    # one_cycle: fastai's fit_one_cycle over train.epochs (distrib.schedule)
-    schedule: str = "cosine_restarts"
-    cycle_epochs: float = 2.0  # cosine annealing restarts every this many epochs
-    eta_min_ratio: float = 0.1  # the cosine floor, as a fraction of the peak lr
-    optimizer: str = "adam"  # adam (weight decay as L2, the article's) or adamw (decoupled weight decay)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 1e-5
-    seed: int = 0
-    patience: int = 10  # epochs without val improvement before stopping; 0 disables early stopping
-    # After early stopping, train again from the same initial weights on training + validation ratings for the
-    # best epoch's count of epochs, in run.dir/refit (the validation part then only chose the epoch count)
-    refit: bool = False
-    precision: str = "fp32"  # fp32 or bf16 (autocast; master weights stay fp32)
-    compile: bool = False
-    device: str = "auto"  # auto, cpu or cuda
-    log_every_steps: int = 50
+class TrainConfig(Section):
+    KEY: ClassVar[str] = "train"
+    epochs: int = option(20, "at most this many epochs (fixed on resume under one_cycle, whose schedule spans "
+                             "them)", ge=1, changeable=True)
+    batch_size: int = option(2000, "the global batch, across all ranks", ge=1)
+    lr: float = option(1e-3, "learning rate for ref_batch_size, scaled to batch_size by lr_scaling", gt=0.0)
+    ref_batch_size: int = option(2000, "the batch size lr is given for", ge=1)
+    lr_scaling: Literal["linear", "sqrt", "none"] = option("sqrt", "how lr scales with batch_size / "
+                                                                   "ref_batch_size")
+    warmup_steps: int = option(0, "linear warmup steps (cosine_restarts only)", ge=0)
+    schedule: Literal["cosine_restarts", "one_cycle"] = option(
+        "cosine_restarts", "cosine annealing restarted every cycle_epochs (the article's), or fastai's one-cycle "
+                           "over train.epochs")
+    cycle_epochs: float = option(2.0, "cosine restarts every this many epochs", gt=0.0)
+    eta_min_ratio: float = option(0.1, "the cosine floor, as a fraction of the peak lr", ge=0.0, le=1.0)
+    optimizer: Literal["adam", "adamw"] = option("adam", "adam (weight decay as L2, the article's) or adamw "
+                                                         "(decoupled weight decay)")
+    betas: list[float] = option([0.9, 0.999], "Adam's beta1, beta2", ge=0.0, lt=1.0)
+    weight_decay: float = option(1e-5, "the optimizer's weight decay", ge=0.0)
+    seed: int = option(0, "initial weights, shuffling, dropout masks", ge=0, le=SEED_MAX)
+    patience: int = option(10, "epochs without validation improvement before stopping; 0: never (best.pt still "
+                               "keeps the best epoch)", ge=0, changeable=True)
+    refit: bool = option(False, "then train again from the same initial weights on training + validation "
+                                "ratings for the best epoch count, in run.dir/refit", changeable=True)
+    precision: Literal["fp32", "bf16"] = option("fp32", "bf16: autocast with fp32 master weights",
+                                                changeable=True)
+    compile: bool = option(False, "torch.compile the model", changeable=True)
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "auto: cuda when available", changeable=True)
+    log_every_steps: int = option(50, "step logging and NaN check interval (the only host syncs in an epoch)",
+                                  ge=1, changeable=True)
 
     def __post_init__(self):
-        _require(self.epochs > 0, "train.epochs must be > 0")
-        _require(self.batch_size > 0, "train.batch_size must be > 0")
-        _require(self.lr > 0, "train.lr must be > 0")
-        _require(self.lr_scaling in ("linear", "sqrt", "none"), "train.lr_scaling must be linear, sqrt or none")
-        _require(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
-        _require(self.schedule in ("cosine_restarts", "one_cycle"), "train.schedule must be cosine_restarts or one_cycle")
-        _require(self.schedule != "one_cycle" or self.warmup_steps == 0,
+        super().__post_init__()
+        require(self.schedule != "one_cycle" or self.warmup_steps == 0,
                  "train.warmup_steps: one_cycle warms up by itself (its first quarter); leave warmup_steps at 0")
-        _require(self.cycle_epochs > 0, "train.cycle_epochs must be > 0")
-        _require(self.patience >= 0, "train.patience must be >= 0")
-        _require(self.precision in ("fp32", "bf16"), "train.precision must be fp32 or bf16")
-        _require(self.optimizer in ("adam", "adamw"), "train.optimizer must be adam or adamw")
-        _require(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
-                 "train.betas: two values in [0, 1), e.g. [0.9, 0.999]")
-        _require(self.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
-        _require(self.log_every_steps > 0, "train.log_every_steps must be > 0")
+        require(len(self.betas) == 2, "train.betas: two values in [0, 1), e.g. [0.9, 0.999]")
 
 
 @dataclass
-class DistConfig:
-    backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU), nccl or gloo
-    timeout_s: float = 300.0  # collective timeout: a lost rank ends the job within this
-    # DDP gradient bucket size: small buckets start all-reducing the last layers' gradients while backward still
-    # runs through the earlier ones (issue 5); DDP's own default is 25 (one bucket for the article's model).
-    bucket_cap_mb: float = 1.0
-    # none: fp32 gradients on the wire; bf16: DDP's bf16_compress_hook (half the bytes, bf16 rounding of the
-    # averaged gradient: ranks stay identical, but weights drift from a 1-rank run, ~3% max relative in the test)
-    grad_compression: str = "none"
+class DistConfig(Section):
+    KEY: ClassVar[str] = "dist"
+    backend: Literal["auto", "nccl", "gloo"] = option("auto", "auto: nccl on CUDA, gloo on CPU", changeable=True)
+    timeout_s: float = option(300.0, "collective timeout: a lost rank ends the job within this", ge=1.0,
+                              le=7 * 86400.0, changeable=True)
+    bucket_cap_mb: float = option(1.0, "DDP gradient bucket size; small buckets overlap the all-reduce with "
+                                       "backward", gt=0.0, le=4096.0, changeable=True)
+    grad_compression: Literal["none", "bf16"] = option("none", "bf16: gradients averaged in bf16 on the wire "
+                                                               "(half the bytes, slightly different weights)",
+                                                       changeable=True)
+
+
+@dataclass
+class RunConfig(Section):
+    KEY: ClassVar[str] = "run"
+    dir: str = option("runs/default", "the run directory: config, metrics, checkpoints, plots", nonempty=True,
+                      changeable=True)
+    keep_checkpoints: int = option(2, "last.pt plus this many - 1 previous good ones", ge=1, changeable=True)
+
+
+@dataclass
+class TrackingConfig(Section):
+    KEY: ClassVar[str] = "tracking"
+    mode: Literal["online", "offline", "disabled"] = option("disabled", "Weights & Biases", changeable=True)
+    project: str = option("distrib", "W&B project", nonempty=True, changeable=True)
+    entity: str = option("", "W&B entity (team or user); empty: your default", changeable=True)
+    group: str = option("", "W&B group; with train.refit, empty: the run directory's name", changeable=True)
+    name: str = option("", "W&B run name", changeable=True)
+    tags: list[str] = option([], "W&B tags", changeable=True)
+
+
+@dataclass
+class SlurmConfig(Section):
+    KEY: ClassVar[str] = "slurm"
+    nodes: int = option(1, "nodes (launch.submit)", ge=1, changeable=True)
+    tasks_per_node: int = option(1, "ranks per node when gpus_per_node is 0", ge=1, changeable=True)
+    gpus_per_node: int = option(0, "GPUs per node, one rank each", ge=0, changeable=True)
+    cpus_per_task: int = option(1, "CPUs per rank", ge=1, changeable=True)
+    mem_gb: int = option(0, "memory per node; 0: the cluster's default", ge=0, changeable=True)
+    partition: str = option("", "SLURM partition", changeable=True)
+    account: str = option("", "SLURM account", changeable=True)
+    qos: str = option("", "SLURM QOS", changeable=True)
+    constraint: str = option("", "SLURM node constraint", changeable=True)
+    timeout_min: int = option(60, "time limit in minutes", ge=1, changeable=True)
+    signal_delay_s: int = option(120, "USR2 this long before the limit: checkpoint and requeue", ge=0,
+                                 changeable=True)
+    folder: str = option("", "submitit logs; empty: run.dir/slurm", changeable=True)
+
+
+@dataclass
+class Config(Section):
+    data: DataConfig = section(DataConfig, "the ratings and their split")
+    model: ModelConfig = section(ModelConfig, "the model")
+    train: TrainConfig = section(TrainConfig, "optimisation, schedule, early stopping, precision")
+    dist: DistConfig = section(DistConfig, "process group and DDP")
+    run: RunConfig = section(RunConfig, "the run directory")
+    tracking: TrackingConfig = section(TrackingConfig, "Weights & Biases")
+    slurm: SlurmConfig = section(SlurmConfig, "resources for launch.submit")
 
     def __post_init__(self):
-        _require(self.backend in ("auto", "nccl", "gloo"), "dist.backend must be auto, nccl or gloo")
-        _require(self.timeout_s > 0, "dist.timeout_s must be > 0")
-        _require(self.bucket_cap_mb > 0, "dist.bucket_cap_mb must be > 0")
-        _require(self.grad_compression in ("none", "bf16"), "dist.grad_compression must be none or bf16")
-
-
-@dataclass
-class RunConfig:
-    dir: str = "runs/default"
-    keep_checkpoints: int = 2  # last.pt plus this many - 1 previous good ones
-
-
-@dataclass
-class TrackingConfig:
-    mode: str = "disabled"  # online, offline or disabled
-    project: str = "distrib"
-    entity: str = ""
-    group: str = ""
-    name: str = ""
-    tags: list[str] = field(default_factory=list)
-
-    def __post_init__(self):
-        _require(self.mode in ("online", "offline", "disabled"), "tracking.mode must be online, offline or disabled")
-
-
-@dataclass
-class SlurmConfig:
-    nodes: int = 1
-    tasks_per_node: int = 1
-    gpus_per_node: int = 0
-    cpus_per_task: int = 1
-    mem_gb: int = 0  # 0 leaves memory to the cluster's default
-    partition: str = ""
-    account: str = ""
-    qos: str = ""
-    constraint: str = ""
-    timeout_min: int = 60
-    signal_delay_s: int = 120  # USR2 this long before the time limit: checkpoint and requeue
-    folder: str = ""  # submitit logs; empty puts them in run.dir/slurm
-
-
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    dist: DistConfig = field(default_factory=DistConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    slurm: SlurmConfig = field(default_factory=SlurmConfig)
-
-    def __post_init__(self):
-        _require(not (self.train.patience and self.data.val_fraction == 0),
+        super().__post_init__()
+        require(not (self.train.patience and self.data.val_fraction == 0),
                  "data.val_fraction=0 leaves no validation part, but early stopping (train.patience > 0) needs one")
-        _require(not (self.train.refit and self.data.val_fraction == 0),
+        require(not (self.train.refit and self.data.val_fraction == 0),
                  "train.refit needs a validation part to choose the epoch count (data.val_fraction > 0)")
+
+
+# ---- loading -----------------------------------------------------------------------------------------------
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file, then key=value overrides; every value checked against its declaration."""
+    tree: dict = {}
+    if path:
+        tree = _read_yaml(Path(path))
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_dotted(tree, key, value)
+    return build_section(Config, tree)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
 def with_refit_group(cfg: Config) -> Config:
@@ -249,28 +270,31 @@ def refit_config(cfg: Config, epochs: int) -> Config:
         tracking=dataclasses.replace(cfg.tracking, name=name))
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise UserError(message)
+def check_resume(saved: dict, cfg: Config, run_dir) -> None:
+    """Refuse to resume a checkpoint whose saved config differs from cfg in a key that identifies the run
+    (data, split, model, seeds, batch, optimizer, schedule); changeable keys may differ."""
+    changed = []
+    defaults = to_dict(Config())
+    for key, _, f in iter_keys(Config):
+        fixed = not f.metadata["changeable"] or (key == "train.epochs" and cfg.train.schedule == "one_cycle")
+        if not fixed:
+            continue
+        old = _lookup(saved, key, _lookup(defaults, key, None))
+        new = _lookup(to_dict(cfg), key, None)
+        if old != new:
+            changed.append(f"{key} ({show(old)} -> {show(new)})")
+    if changed:
+        raise UserError(f"run.dir {run_dir}: resumed with changed keys {', '.join(changed)}; "
+                        "use a new run.dir (or the config it was trained with)")
 
 
-def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file, then key=value overrides; every value type-checked."""
-    tree: dict = {}
-    if path:
-        tree = _read_yaml(Path(path))
-    for item in overrides:
-        key, value = _parse_override(item)
-        _set_dotted(tree, key, value)
-    return _build(Config, tree, prefix="")
-
-
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+def _lookup(tree: dict, key: str, missing):
+    node = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return missing
+        node = node[part]
+    return node
 
 
 def _read_yaml(path: Path) -> dict:
@@ -312,52 +336,38 @@ def _set_dotted(tree: dict, key: str, value) -> None:
     node[parts[-1]] = value
 
 
-def _build(cls, tree, prefix: str):
-    if not isinstance(tree, dict):
-        raise UserError(f"{prefix.rstrip('.') or 'config'}: expected a section (mapping), got {tree!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in tree:
-        if key not in names:
-            raise UserError(f"unknown config key {prefix}{key}")
-    kwargs = {}
-    for name in names:
-        if name not in tree:
-            continue
-        kwargs[name] = _coerce(hints[name], tree[name], prefix + name)
-    return cls(**kwargs)
+README_BEGIN, README_END = "<!-- config-table:begin -->", "<!-- config-table:end -->"
 
 
-def _coerce(hint, value, key: str):
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key + ".")
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        hint = next(o for o in options if o is not type(None))
-        origin = typing.get_origin(hint)
-    if origin is list:
-        (item_hint,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            value = [value]  # a single number is a one-element list, as in the article
-        return [_coerce(item_hint, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:  # YAML reads 1e-3 (no dot) as a string
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    raise UserError(f"config key {key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+def update_readme(path: Path) -> bool:
+    """Rewrite the config table between README's markers from the declarations; True if it changed."""
+    text = path.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise UserError(f"{path}: no {README_BEGIN} ... {README_END} markers")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    new = f"{head}{README_BEGIN}\n{markdown_table(Config)}{README_END}{tail}"
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+@exit_on_user_error
+def main(argv: list[str]) -> int:
+    usage = ("usage: python -m distrib.config [--help | --markdown | --update-readme [README.md]]\n"
+             "  --markdown        print the README's config table\n"
+             "  --update-readme   rewrite that table in README.md between its markers")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage + "\n\n" + help_text(Config))
+    elif argv[0] == "--markdown":
+        sys.stdout.write(markdown_table(Config))
+    elif argv[0] == "--update-readme":
+        path = Path(argv[1] if len(argv) > 1 else Path(__file__).resolve().parents[1] / "README.md")
+        print(f"{path}: {'updated' if update_readme(path) else 'already up to date'}")
+    else:
+        raise UserError(f"argument {argv[0]!r}: unknown ({usage.splitlines()[0]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -25,11 +25,11 @@ def test_defaults_file_and_overrides_precedence(tmp_path):
     ("train.epochs=1.5", "train.epochs: expected int"),
     ("model.hidden=[10,x]", "model.hidden[1]: expected int"),
     ("train.compile=maybe", "train.compile: expected bool"),
-    ("data.name=ml-7m", "data.name: unknown dataset 'ml-7m'"),
+    ("data.name=ml-7m", "data.name: unknown value 'ml-7m'"),
     ("train.precision=fp8", "train.precision"),
-    ("train.optimizer=sgd", "train.optimizer must be adam or adamw"),
+    ("train.optimizer=sgd", "train.optimizer: unknown value 'sgd' (choose from adam, adamw)"),
     ("train.betas=[0.9]", "train.betas: two values"),
-    ("train.schedule=step", "train.schedule must be cosine_restarts or one_cycle"),
+    ("train.schedule=step", "train.schedule: unknown value 'step' (choose from cosine_restarts, one_cycle)"),
     ("train.epochs", "expected key=value"),
 ])
 def test_bad_keys_and_types_are_one_line_errors(override, fragment):

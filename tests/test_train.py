@@ -97,7 +97,7 @@ def _tree_digest(path):
 @pytest.mark.parametrize("extra, fragment, nproc", [
     (["train.epochz=3"], "unknown config key train.epochz", 0),
     (["train.batch_size=x"], "train.batch_size: expected int", 0),
-    (["data.name=ml-7m"], "data.name: unknown dataset", 0),
+    (["data.name=ml-7m"], "data.name: unknown value", 0),
     (["train.batch_size=1"], "smaller than the world size 2", 2),
 ])
 def test_bad_input_is_one_line_and_leaves_the_run_dir_intact(tmp_path, extra, fragment, nproc):

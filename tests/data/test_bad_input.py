@@ -114,7 +114,7 @@ def test_malformed_movies_csv(tmp_path):
 
 
 @pytest.mark.parametrize("override,needle", [
-    ("data.name=ml-5m", "unknown dataset 'ml-5m'"),
+    ("data.name=ml-5m", "unknown value 'ml-5m'"),
     ("data.split=u1", "exists only for data.name=ml-100k"),
     ("data.rating_min=5", None),
 ])
