@@ -11,24 +11,41 @@ from __future__ import annotations
 
 import logging
 import sys
-
-import torch.distributed as dist
-from torch.distributed.elastic.multiprocessing.errors import record
+import typing
+from pathlib import Path
 
 from distrib.config import Config, dump_yaml, load_config, refit_config, to_dict, with_refit_group
-from distrib.data import load_dataset
-from distrib.distributed import (DistEnv, close_process_group, describe_lost_peers, failure_reason,
-                                 init_process_group,
-                                 is_peer_failure, record_peers, resolve_env, select_device)
 from distrib.errors import JobError, UserError, exit_on_user_error
-from distrib.rundir import RunDir
+from distrib.options import help_text
+
+if typing.TYPE_CHECKING:  # torch and the rest are imported once the arguments have been read
+    from distrib.distributed import DistEnv
 
 log = logging.getLogger("distrib")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+LAUNCH = """\
+launch:
+  python -m distrib.train [CONFIG.yaml] [key=value ...]                                   one process
+  torchrun --standalone --nproc_per_node=N -m distrib.train CONFIG [key=value ...]        N ranks, one machine
+  torchrun --nnodes=M --nproc_per_node=N --rdzv_backend=c10d --rdzv_endpoint=HOST:29400 -m distrib.train CONFIG
+  sbatch --nodes=M --ntasks-per-node=N slurm/train.sbatch CONFIG [key=value ...]         SLURM (one task per GPU)
+  python -m launch.submit CONFIG [key=value ...] [--wait] [--local] [--sweep KEY=V1,V2]    submitit (SLURM or local)
+"""
+
+
+def usage() -> str:
+    """--help: the launch commands, the shipped configs and every key, all generated from their sources."""
+    shipped = sorted(CONFIGS.glob("*.yaml")) if CONFIGS.is_dir() else []
+    configs = "".join(f"  configs/{p.name}\n" for p in shipped) or "  (none next to this installation)\n"
+    return ("usage: python -m distrib.train [CONFIG.yaml] [key=value ...]   (key=value beats the file, the file "
+            f"beats the defaults)\n\n{LAUNCH}\nshipped configs:\n{configs}\n"
+            "config keys (key=default  (values)  meaning; * = may change when a run resumes):\n"
+            f"{help_text(Config)}\n")
 
 
 def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
     if any(a in ("-h", "--help") for a in argv):
-        print(__doc__.strip())
+        sys.stdout.write(usage())
         sys.exit(0)
     config_path = None
     if argv and "=" not in argv[0]:
@@ -54,6 +71,8 @@ def setup_logging(env: DistEnv) -> None:
 
 def agree(error: str | None) -> None:
     """Rank 0's verdict (e.g. on the run directory) reaches every rank, so all exit together."""
+    import torch.distributed as dist
+
     if dist.is_initialized():
         box = [error]
         dist.broadcast_object_list(box, src=0)
@@ -63,6 +82,10 @@ def agree(error: str | None) -> None:
 
 
 def run(cfg: Config, env: DistEnv, device) -> dict:
+    import torch.distributed as dist
+
+    from distrib.data import load_dataset
+    from distrib.rundir import RunDir
     from distrib.trainer import Trainer
     from distrib.tracking import build_tracker
 
@@ -103,11 +126,24 @@ def run(cfg: Config, env: DistEnv, device) -> dict:
         run_dir.close()
 
 
-@record
 @exit_on_user_error
+def configure(argv: list[str]) -> Config:
+    """Arguments and config, checked before torch is imported: --help and mistakes answer at once."""
+    return with_refit_group(load_config(*parse_args(argv)))
+
+
 def main(argv: list[str] | None = None) -> int:
-    config_path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = with_refit_group(load_config(config_path, overrides))
+    cfg = configure(sys.argv[1:] if argv is None else argv)
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    # record reports a crashing rank's traceback to torchrun; a UserError never reaches it (exit 2 first)
+    return record(exit_on_user_error(train))(cfg)
+
+
+def train(cfg: Config) -> int:
+    from distrib.distributed import (close_process_group, describe_lost_peers, failure_reason, init_process_group,
+                                     is_peer_failure, record_peers, resolve_env, select_device)
+
     env = resolve_env()
     check_world(cfg, env)
     setup_logging(env)

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from distrib import checkpoint as ckpt
-from distrib.config import Config, to_dict
+from distrib.config import Config, check_resume, to_dict
 from distrib.data import PreparedData, RatingSplit
 from distrib.distributed import DistEnv, wrap_ddp
 from distrib.early_stopping import EarlyStopping
@@ -94,6 +94,7 @@ class Trainer:
         state, path = ckpt.load_latest(self.run.checkpoints)
         if state is None:
             return
+        check_resume(state.get("config", {}), self.cfg, self.run.path)  # before anything is loaded or written
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as err:
@@ -102,6 +103,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.early.load_state_dict(state["early_stopping"])
+        self.early.patience = self.cfg.train.patience  # may change on resume: it applies from here on
+        self.early.should_stop = bool(self.early.patience) and self.early.bad_epochs >= self.early.patience
         self.progress = Progress(**state["progress"])
         # Rows of epochs after the checkpoint were written by a run that died before saving: drop them.
         self.metrics = [row for row in self.run.read_metrics() if row["epoch"] < self.progress.epoch]

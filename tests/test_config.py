@@ -1,9 +1,14 @@
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from distrib.config import Config, load_config, refit_config, with_refit_group
+from distrib.config import Config, check_resume, load_config, refit_config, to_dict, with_refit_group
 from distrib.errors import UserError
+from distrib.options import iter_keys
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,3 +84,67 @@ def test_missing_and_directory_config_files(tmp_path):
 def test_every_shipped_config_loads_and_opens_with_its_command(path):
     load_config(str(path))
     assert path.read_text().startswith("#"), "each YAML opens with a comment showing the command that runs it"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.ref_batch_size=0", "train.ref_batch_size: must be in [1, 2147483647], got 0"),
+    ("dist.timeout_s=inf", "dist.timeout_s: must be a finite number, got inf"),
+    ("dist.timeout_s=0.001", "dist.timeout_s: must be in [1.0, 604800.0], got 0.001"),
+    ("train.weight_decay=-1", "train.weight_decay: must be >= 0.0, got -1.0"),
+    ("data.split_seed=-1", "data.split_seed: must be in [0, 4294967295], got -1"),
+    ("train.seed=100000000000000000000000", "train.seed: must be in [0, 4294967295], got 100000000000000000000000"),
+    ("train.eta_min_ratio=-5", "train.eta_min_ratio: must be in [0.0, 1.0], got -5.0"),
+    ("run.dir=", "run.dir: must not be empty"),
+    ("train.lr=.nan", "train.lr: must be a finite number, got nan"),
+    ("model.dropouts=[0.5, 1.0]", "model.dropouts[1]: must be in [0.0, 1.0), got 1.0"),
+    ("model.members=[mf, svd]", "model.members[1]: unknown value 'svd' (choose from embeddingnet, mf, autorec)"),
+    ("data.sha256=abc", "data.sha256: expected 64 hexadecimal digits"),
+])
+def test_ranges_are_declared_beside_each_key_and_checked_generically(override, message):
+    with pytest.raises(UserError) as err:
+        load_config(None, [override])
+    assert str(err.value) == message
+
+
+def test_resume_refuses_changed_identity_keys_and_allows_run_time_knobs():
+    saved = to_dict(load_config(None, ["model.dropouts=[0.1]", "train.epochs=3"]))
+    same = load_config(None, ["model.dropouts=[0.1]", "train.epochs=9", "train.patience=2", "dist.timeout_s=60",
+                              "tracking.mode=offline", "train.device=cpu", "run.dir=elsewhere"])
+    check_resume(saved, same, "runs/x")  # epochs, patience, tracking, timeouts, device, run.dir may change
+    changed = load_config(None, ["model.dropouts=[0.5]", "data.split_seed=7"])
+    with pytest.raises(UserError) as err:
+        check_resume(saved, changed, "runs/x")
+    assert str(err.value) == ("run.dir runs/x: resumed with changed keys data.split_seed (1 -> 7), "
+                              "model.dropouts ([0.1] -> [0.5]); use a new run.dir (or the config it was trained with)")
+    # one_cycle spans train.epochs, so there the epoch count identifies the run
+    cycle = to_dict(load_config(None, ["train.schedule=one_cycle", "train.epochs=3"]))
+    with pytest.raises(UserError, match=r"train.epochs \(3 -> 5\)"):
+        check_resume(cycle, load_config(None, ["train.schedule=one_cycle", "train.epochs=5"]), "runs/x")
+    # a checkpoint saved before a key existed compares that key with its default
+    del saved["model"]["bias"]
+    check_resume(saved, same, "runs/x")
+    with pytest.raises(UserError, match=r"model.bias \(false -> true\)"):
+        check_resume(saved, load_config(None, ["model.dropouts=[0.1]", "model.bias=true"]), "runs/x")
+
+
+def test_config_imports_no_torch():
+    code = "import sys, distrib.config, distrib.train; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+@pytest.mark.slow
+def test_train_help_lists_keys_configs_and_launchers_and_answers_fast():
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "distrib.train", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    seconds = time.perf_counter() - started
+    assert proc.returncode == 0 and proc.stderr == ""
+    out = proc.stdout
+    for key, _, f in iter_keys(Config):  # every key, with its default and its help
+        assert re.search(rf"^ [ *]{re.escape(key)}=.*{re.escape(f.metadata['help'])}$", out, re.M), key
+    assert "train.epochs=20  (int >= 1)" in out and "data.name=synthetic  (synthetic | ml-100k" in out
+    for path in (REPO / "configs").glob("*.yaml"):
+        assert f"configs/{path.name}" in out
+    for launcher in ("python -m distrib.train", "torchrun --standalone", "sbatch", "python -m launch.submit"):
+        assert launcher in out
+    assert seconds < 1.5, f"--help took {seconds:.2f} s"
