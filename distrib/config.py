@@ -50,13 +50,13 @@ class SyntheticConfig(Section):
 @dataclass
 class DataConfig(Section):
     KEY: ClassVar[str] = "data"
-    name: DatasetName = option("synthetic", "dataset: synthetic, a MovieLens release (downloaded), or file")
+    name: DatasetName = option("synthetic", "the ratings: generated, a MovieLens release (downloaded), or data.path")
     root: str = option("~/.cache/distrib/data", "where downloads and releases live", nonempty=True,
                        changeable=True)
     path: str = option("", "the ratings file, for name=file")
     sep: str = option("auto", "name=file: auto, tab, comma, space, '::' or a literal separator", nonempty=True)
-    split: SplitName = option("random", "random (seeded), temporal (each user's latest to test), or an "
-                                        "ml-100k canonical split")
+    split: SplitName = option("random", "temporal: each user's latest ratings to test; u1..ub: "
+                                        "ml-100k's canonical splits")
     test_fraction: float = option(0.2, "share of ratings in the test part (random and temporal splits)",
                                   ge=0.0, lt=1.0)
     val_fraction: float = option(0.1, "share of the training part carved for validation (early stopping)",
@@ -68,9 +68,9 @@ class DataConfig(Section):
         "last", "what a repeated (user, movie) pair keeps")
     base_url: str = option("https://files.grouplens.org/datasets/movielens", "download source", nonempty=True,
                            changeable=True)
-    cache_dir: str = option("", "prepared, memory-mapped arrays; empty: data.root/cache (or ~/.cache/distrib "
-                                "when data.root is read-only)", changeable=True)
-    sha256: str = option("", "pins the download's SHA-256 where the built-in table has none (ml-10m, ml-32m, "
+    cache_dir: str = option("", "prepared arrays; empty: data.root/cache, or ~/.cache/distrib if "
+                                "data.root is read-only", changeable=True)
+    sha256: str = option("", "pins the download's SHA-256 where distrib has none (ml-10m, ml-32m, "
                              "ml-latest)", changeable=True)
     synthetic: SyntheticConfig = section(SyntheticConfig, "the synthetic generator (data.name=synthetic)")
 
@@ -89,7 +89,7 @@ class DataConfig(Section):
 class AutoRecConfig(Section):
     KEY: ClassVar[str] = "model.autorec"
     hidden: int = option(500, "I-AutoRec's sigmoid code units", ge=1)
-    l2: float = option(100.0, "I-AutoRec's lambda: lambda/2 * |weights|^2 per pass over the training ratings",
+    l2: float = option(100.0, "I-AutoRec's L2 lambda (lambda/2 * squared weights per pass)",
                        ge=0.0)
 
 
@@ -97,18 +97,18 @@ class AutoRecConfig(Section):
 class ModelConfig(Section):
     KEY: ClassVar[str] = "model"
     name: Literal["embeddingnet", "mf", "autorec", "ensemble"] = option(
-        "embeddingnet", "embeddingnet (the article's), mf (biased MF), autorec (I-AutoRec), ensemble")
+        "embeddingnet", "the article's MLP, biased MF, I-AutoRec, or an ensemble of them")
     n_factors: int = option(50, "embedding size (embeddingnet, mf)", ge=1)
     hidden: list[int] = option([100, 100], "hidden layer sizes (embeddingnet)", ge=1)
-    dropouts: list[float] = option([0.2, 0.2], "dropout after each hidden layer; fewer rates than layers "
-                                               "leaves the last ones without", ge=0.0, lt=1.0)
+    dropouts: list[float] = option([0.2, 0.2], "dropout after each hidden layer (fewer rates: the last layers "
+                                               "have none)", ge=0.0, lt=1.0)
     embedding_dropout: float = option(0.02, "dropout on the concatenated embeddings", ge=0.0, lt=1.0)
     bias: bool = option(False, "user and movie bias terms added to the output")
     factor_reg: float = option(0.0, "per-rating L2 on each batch's user and movie embeddings", ge=0.0)
     bias_reg: float = option(0.0, "per-rating L2 on each batch's bias terms", ge=0.0)
     autorec: AutoRecConfig = section(AutoRecConfig, "I-AutoRec (model.name=autorec or an ensemble member)")
-    members: list[MemberName] = option([], "name=ensemble: two or more models, each fit on its own error, "
-                                           "predicting their weighted mean")
+    members: list[MemberName] = option([], "name=ensemble: its models, each fit on its own error; it predicts "
+                                           "their weighted mean")
     member_weights: list[float] = option([], "name=ensemble: one weight per member; empty: equal weights",
                                          gt=0.0)
 
@@ -128,8 +128,7 @@ class ModelConfig(Section):
 @dataclass
 class TrainConfig(Section):
     KEY: ClassVar[str] = "train"
-    epochs: int = option(20, "at most this many epochs (fixed on resume under one_cycle, whose schedule spans "
-                             "them)", ge=1, changeable=True)
+    epochs: int = option(20, "at most this many epochs (fixed on resume under one_cycle)", ge=1, changeable=True)
     batch_size: int = option(2000, "the global batch, across all ranks", ge=1)
     lr: float = option(1e-3, "learning rate for ref_batch_size, scaled to batch_size by lr_scaling", gt=0.0)
     ref_batch_size: int = option(2000, "the batch size lr is given for", ge=1)
@@ -137,24 +136,24 @@ class TrainConfig(Section):
                                                                    "ref_batch_size")
     warmup_steps: int = option(0, "linear warmup steps (cosine_restarts only)", ge=0)
     schedule: Literal["cosine_restarts", "one_cycle"] = option(
-        "cosine_restarts", "cosine annealing restarted every cycle_epochs (the article's), or fastai's one-cycle "
-                           "over train.epochs")
+        "cosine_restarts", "the article's cosine restarts, or fastai's one-cycle over "
+                           "train.epochs")
     cycle_epochs: float = option(2.0, "cosine restarts every this many epochs", gt=0.0)
     eta_min_ratio: float = option(0.1, "the cosine floor, as a fraction of the peak lr", ge=0.0, le=1.0)
-    optimizer: Literal["adam", "adamw"] = option("adam", "adam (weight decay as L2, the article's) or adamw "
-                                                         "(decoupled weight decay)")
+    optimizer: Literal["adam", "adamw"] = option("adam", "adam: decay as L2 (the article's); adamw: "
+                                                         "decoupled decay")
     betas: list[float] = option([0.9, 0.999], "Adam's beta1, beta2", ge=0.0, lt=1.0)
     weight_decay: float = option(1e-5, "the optimizer's weight decay", ge=0.0)
     seed: int = option(0, "initial weights, shuffling, dropout masks", ge=0, le=SEED_MAX)
-    patience: int = option(10, "epochs without validation improvement before stopping; 0: never (best.pt still "
-                               "keeps the best epoch)", ge=0, changeable=True)
-    refit: bool = option(False, "then train again from the same initial weights on training + validation "
+    patience: int = option(10, "epochs without validation improvement before stopping; 0: never "
+                               "(best.pt is kept)", ge=0, changeable=True)
+    refit: bool = option(False, "then retrain from the same initial weights on training + validation "
                                 "ratings for the best epoch count, in run.dir/refit", changeable=True)
     precision: Literal["fp32", "bf16"] = option("fp32", "bf16: autocast with fp32 master weights",
                                                 changeable=True)
     compile: bool = option(False, "torch.compile the model", changeable=True)
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto: cuda when available", changeable=True)
-    log_every_steps: int = option(50, "step logging and NaN check interval (the only host syncs in an epoch)",
+    log_every_steps: int = option(50, "step logging and NaN check interval (host syncs)",
                                   ge=1, changeable=True)
 
     def __post_init__(self):
@@ -170,10 +169,9 @@ class DistConfig(Section):
     backend: Literal["auto", "nccl", "gloo"] = option("auto", "auto: nccl on CUDA, gloo on CPU", changeable=True)
     timeout_s: float = option(300.0, "collective timeout: a lost rank ends the job within this", ge=1.0,
                               le=7 * 86400.0, changeable=True)
-    bucket_cap_mb: float = option(1.0, "DDP gradient bucket size; small buckets overlap the all-reduce with "
-                                       "backward", gt=0.0, le=4096.0, changeable=True)
+    bucket_cap_mb: float = option(1.0, "DDP gradient bucket size (small: all-reduce overlaps backward)", gt=0.0, le=4096.0, changeable=True)
     grad_compression: Literal["none", "bf16"] = option("none", "bf16: gradients averaged in bf16 on the wire "
-                                                               "(half the bytes, slightly different weights)",
+                                                               "(half the bytes)",
                                                        changeable=True)
 
 

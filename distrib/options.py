@@ -231,10 +231,10 @@ def help_text(cls) -> str:
 
 
 def markdown_table(cls) -> str:
-    """The README's config table, one row per key."""
+    """The README's config table, one row per key; "may change" marks keys a resumed run may change."""
     rows = ["| key | default | values | meaning | on resume |", "|---|---|---|---|---|"]
     for key, hint, f in iter_keys(cls):
-        resume = "may change" if f.metadata["changeable"] else "fixed"
-        rows.append(f"| `{key}` | `{_default_text(f)}` | {describe_values(hint, f.metadata)} | "
-                    f"{f.metadata['help']} | {resume} |")
+        resume = "may change" if f.metadata["changeable"] else ""
+        meaning = f.metadata["help"].replace("|", "\\|")  # a bare | would end the cell
+        rows.append(f"| `{key}` | `{_default_text(f)}` | {describe_values(hint, f.metadata)} | {meaning} | {resume} |")
     return "\n".join(rows) + "\n"

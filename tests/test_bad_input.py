@@ -101,6 +101,14 @@ CASES = {
     "unknown config key": (overrides("train.lr_warmup=5"), "train.lr_warmup"),
     "wrong value type": (overrides("model.n_factors=many"), "model.n_factors"),
     "val fraction 0 with early stopping": (overrides("data.val_fraction=0", "train.patience=3"), "data.val_fraction"),
+    "reference batch 0": (overrides("train.ref_batch_size=0"), "train.ref_batch_size"),
+    "infinite timeout": (overrides("dist.timeout_s=inf"), "dist.timeout_s"),
+    "millisecond timeout": (overrides("dist.timeout_s=0.001"), "dist.timeout_s"),
+    "negative weight decay": (overrides("train.weight_decay=-1"), "train.weight_decay"),
+    "negative split seed": (overrides("data.split_seed=-1"), "data.split_seed"),
+    "seed beyond 2**32": (overrides("train.seed=100000000000000000000000"), "train.seed"),
+    "negative cosine floor": (overrides("train.eta_min_ratio=-5"), "train.eta_min_ratio"),
+    "empty run.dir": (overrides("run.dir="), "run.dir"),
 }
 
 
