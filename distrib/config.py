@@ -13,6 +13,7 @@ raise `UserError` with one line naming the key, before torch is imported or any 
 from __future__ import annotations
 
 import dataclasses
+import string
 import sys
 import typing
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ class SyntheticConfig(Section):
     def __post_init__(self):
         super().__post_init__()
         require(self.n_ratings <= self.n_users * self.n_items,
-                 "data.synthetic.n_ratings: exceeds n_users * n_items")
+                "data.synthetic.n_ratings: exceeds n_users * n_items")
 
 
 @dataclass
@@ -78,11 +79,11 @@ class DataConfig(Section):
         super().__post_init__()
         require(self.name != "file" or self.path, "data.path: required when data.name=file")
         require(self.split not in ML100K_SPLITS or self.name == "ml-100k",
-                 f"data.split: {self.split} exists only for data.name=ml-100k")
+                f"data.split: {self.split} exists only for data.name=ml-100k")
         require(self.rating_min is None or self.rating_max is None or self.rating_min < self.rating_max,
-                 "data.rating_min must be < data.rating_max")
-        require(not self.sha256 or (len(self.sha256) == 64 and all(c in "0123456789abcdefABCDEF" for c in self.sha256)),
-                 "data.sha256: expected 64 hexadecimal digits")
+                "data.rating_min must be < data.rating_max")
+        require(not self.sha256 or (len(self.sha256) == 64 and all(c in string.hexdigits for c in self.sha256)),
+                "data.sha256: expected 64 hexadecimal digits")
 
 
 @dataclass
@@ -116,13 +117,13 @@ class ModelConfig(Section):
         super().__post_init__()
         require(len(self.dropouts) <= len(self.hidden), "model.dropouts: more rates than hidden layers")
         if self.name == "ensemble":
-            require(len(self.members) >= 2, "model.members: name=ensemble needs two or more of embeddingnet, "
-                                             "mf, autorec")
+            require(len(self.members) >= 2,
+                    "model.members: name=ensemble needs two or more of embeddingnet, mf, autorec")
             require(len(set(self.members)) == len(self.members), "model.members: each member at most once")
             require(not {"embeddingnet", "mf"} <= set(self.members),
-                     "model.members: embeddingnet and mf both read model.n_factors; ensemble one of them")
+                    "model.members: embeddingnet and mf both read model.n_factors; ensemble one of them")
             require(not self.member_weights or len(self.member_weights) == len(self.members),
-                     "model.member_weights: one weight per member (or none for equal weights)")
+                    "model.member_weights: one weight per member (or none for equal weights)")
 
 
 @dataclass
@@ -159,7 +160,7 @@ class TrainConfig(Section):
     def __post_init__(self):
         super().__post_init__()
         require(self.schedule != "one_cycle" or self.warmup_steps == 0,
-                 "train.warmup_steps: one_cycle warms up by itself (its first quarter); leave warmup_steps at 0")
+                "train.warmup_steps: one_cycle warms up by itself (its first quarter); leave warmup_steps at 0")
         require(len(self.betas) == 2, "train.betas: two values in [0, 1), e.g. [0.9, 0.999]")
 
 
@@ -169,7 +170,8 @@ class DistConfig(Section):
     backend: Literal["auto", "nccl", "gloo"] = option("auto", "auto: nccl on CUDA, gloo on CPU", changeable=True)
     timeout_s: float = option(300.0, "collective timeout: a lost rank ends the job within this", ge=1.0,
                               le=7 * 86400.0, changeable=True)
-    bucket_cap_mb: float = option(1.0, "DDP gradient bucket size (small: all-reduce overlaps backward)", gt=0.0, le=4096.0, changeable=True)
+    bucket_cap_mb: float = option(1.0, "DDP gradient bucket size (small: all-reduce overlaps backward)", gt=0.0,
+                                  le=4096.0, changeable=True)
     grad_compression: Literal["none", "bf16"] = option("none", "bf16: gradients averaged in bf16 on the wire "
                                                                "(half the bytes)",
                                                        changeable=True)
@@ -225,9 +227,9 @@ class Config(Section):
     def __post_init__(self):
         super().__post_init__()
         require(not (self.train.patience and self.data.val_fraction == 0),
-                 "data.val_fraction=0 leaves no validation part, but early stopping (train.patience > 0) needs one")
+                "data.val_fraction=0 leaves no validation part, but early stopping (train.patience > 0) needs one")
         require(not (self.train.refit and self.data.val_fraction == 0),
-                 "train.refit needs a validation part to choose the epoch count (data.val_fraction > 0)")
+                "train.refit needs a validation part to choose the epoch count (data.val_fraction > 0)")
 
 
 # ---- loading -----------------------------------------------------------------------------------------------
@@ -272,13 +274,14 @@ def check_resume(saved: dict, cfg: Config, run_dir) -> None:
     """Refuse to resume a checkpoint whose saved config differs from cfg in a key that identifies the run
     (data, split, model, seeds, batch, optimizer, schedule); changeable keys may differ."""
     changed = []
-    defaults = to_dict(Config())
+    defaults, current = to_dict(Config()), to_dict(cfg)
     for key, _, f in iter_keys(Config):
+        # one_cycle spans train.epochs, so there the epoch count shapes every step's learning rate
         fixed = not f.metadata["changeable"] or (key == "train.epochs" and cfg.train.schedule == "one_cycle")
         if not fixed:
             continue
-        old = _lookup(saved, key, _lookup(defaults, key, None))
-        new = _lookup(to_dict(cfg), key, None)
+        old = _lookup(saved, key, _lookup(defaults, key, None))  # a key newer than the checkpoint: its default
+        new = _lookup(current, key, None)
         if old != new:
             changed.append(f"{key} ({show(old)} -> {show(new)})")
     if changed:

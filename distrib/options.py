@@ -59,7 +59,8 @@ def build_section(cls, tree, prefix: str = ""):
     for f, hint in fields:
         if f.name in tree:
             value = tree[f.name]
-            kwargs[f.name] = build_section(hint, value, prefix + f.name + ".") if _is_section(hint) else _convert(hint, value)
+            kwargs[f.name] = (build_section(hint, value, f"{prefix}{f.name}.") if _is_section(hint)
+                              else _convert(hint, value))
     return cls(**kwargs)
 
 
@@ -72,7 +73,7 @@ def _convert(hint, value):
         return [_convert(item, v) for v in items]
     if hint is float and not isinstance(value, bool):
         if isinstance(value, int):
-            return float(value)
+            return float(value) if abs(value) < 2**1023 else math.inf if value > 0 else -math.inf  # refused as inf
         if isinstance(value, str):
             try:  # YAML reads 1e-3 (no dot) as a string
                 return float(value)

@@ -96,6 +96,7 @@ def test_every_shipped_config_loads_and_opens_with_its_command(path):
     ("train.eta_min_ratio=-5", "train.eta_min_ratio: must be in [0.0, 1.0], got -5.0"),
     ("run.dir=", "run.dir: must not be empty"),
     ("train.lr=.nan", "train.lr: must be a finite number, got nan"),
+    ("train.lr=1" + "0" * 400, "train.lr: must be a finite number, got inf"),
     ("model.dropouts=[0.5, 1.0]", "model.dropouts[1]: must be in [0.0, 1.0), got 1.0"),
     ("model.members=[mf, svd]", "model.members[1]: unknown value 'svd' (choose from embeddingnet, mf, autorec)"),
     ("data.sha256=abc", "data.sha256: expected 64 hexadecimal digits"),

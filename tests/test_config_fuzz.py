@@ -82,7 +82,7 @@ def out_of_range(item, meta, is_list: bool):
             bad.append(st.integers(max_value=low - 1) if low is not None else st.nothing())
             bad.append(st.integers(min_value=high + 1))
         else:
-            bad.append(st.sampled_from([math.nan, math.inf, -math.inf]))
+            bad.append(st.sampled_from([math.nan, math.inf, -math.inf, 10**400, -(10**400)]))
             if low is not None:
                 bad.append(st.floats(max_value=low, exclude_max=ge is not None, allow_nan=False, allow_infinity=False))
             if high is not None:
