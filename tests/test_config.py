@@ -2,11 +2,12 @@ import re
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 import pytest
 
-from distrib.config import Config, check_resume, load_config, refit_config, to_dict, with_refit_group
+from distrib.config import Config, ModelConfig, check_resume, load_config, refit_config, to_dict, with_refit_group
 from distrib.errors import UserError
 from distrib.options import iter_keys
 
@@ -149,3 +150,10 @@ def test_train_help_lists_keys_configs_and_launchers_and_answers_fast():
     for launcher in ("python -m distrib.train", "torchrun --standalone", "sbatch", "python -m launch.submit"):
         assert launcher in out
     assert seconds < 1.5, f"--help took {seconds:.2f} s"
+
+
+def test_model_choices_are_the_registry_names():
+    from distrib.models import MODELS  # torch: the config itself names the models without importing them
+
+    hint = next(h for key, h, _ in iter_keys(ModelConfig) if key == "name")
+    assert set(typing.get_args(hint)) == set(MODELS)
