@@ -49,12 +49,13 @@ class Section:
 def build_section(cls, tree, prefix: str = ""):
     """The section cls from a YAML tree: unknown keys refused, values converted from YAML's spelling."""
     if not isinstance(tree, dict):
-        raise UserError(f"{prefix.rstrip('.') or 'config'}: expected a section (mapping), got {show(tree)}")
+        where = key_text(prefix.rstrip(".")) or "config"
+        raise UserError(f"{where}: expected a section (mapping), got {show(tree)}")
     fields = _fields(cls)
     names = {f.name for f, _ in fields}
     for key in tree:
         if key not in names:
-            raise UserError(f"unknown config key {prefix}{key}")
+            raise UserError(f"unknown config key {key_text(f'{prefix}{key}')}")
     kwargs = {}
     for f, hint in fields:
         if f.name in tree:
@@ -194,7 +195,14 @@ def show(value) -> str:
         text = repr(value)
     else:
         text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+        text = text if text.isprintable() else repr(value)  # a key with a line break: still one line
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def key_text(text: str) -> str:
+    """A key as the user typed it, on one line."""
+    text = str(text)
+    return text if text.isprintable() else repr(text)
 
 
 def describe_values(hint, meta) -> str:

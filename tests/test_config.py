@@ -37,6 +37,8 @@ def test_defaults_file_and_overrides_precedence(tmp_path):
     ("train.betas=[0.9]", "train.betas: two values"),
     ("train.schedule=step", "train.schedule: unknown value 'step' (choose from cosine_restarts, one_cycle)"),
     ("train.epochs", "expected key=value"),
+    ('train={"a\\nb": 1}', "unknown config key 'train.a\\nb'"),
+    ('data.split_seed={"\\n": 0}', "data.split_seed: expected int, got {'\\n': 0}"),
 ])
 def test_bad_keys_and_types_are_one_line_errors(override, fragment):
     with pytest.raises(UserError) as err:

@@ -1,5 +1,5 @@
-"""The README and docs/ say what the code does: the config table is the generated one, every path they name
-exists, and every `python -m` module they name answers --help."""
+"""The README and docs/ say what the code does: the config table is the generated one, every path and
+`python -m` module they name exists, and each module the README runs answers --help."""
 from __future__ import annotations
 
 import re
@@ -30,7 +30,8 @@ def test_every_path_a_document_names_exists(document):
     missing = [p for p in named if not (REPO / p).exists()]
     assert not missing, f"{document} names {missing}"
     if document == "README.md":  # each shipped config is shown to the user
-        assert {p for p in named if p.startswith("configs/")} <= {f"configs/{c.name}" for c in REPO.glob("configs/*.yaml")}
+        shipped = {f"configs/{c.name}" for c in REPO.glob("configs/*.yaml")}
+        assert {p for p in named if p.startswith("configs/")} <= shipped
 
 
 def test_relative_links_resolve():
@@ -40,12 +41,19 @@ def test_relative_links_resolve():
             assert (base / target).exists(), f"{document} links to {target}"
 
 
-MODULES = sorted({m for text in TEXT.values() for m in MODULE.findall(text)} - {"pytest"})
+MODULES = sorted(set(MODULE.findall(TEXT["README.md"])) - {"pytest"})
+
+
+def test_every_module_the_docs_run_is_in_the_repository():
+    for document, text in TEXT.items():
+        for module in set(MODULE.findall(text)) - {"pytest"}:
+            path = REPO / module.replace(".", "/")
+            assert path.with_suffix(".py").is_file() or (path / "__main__.py").is_file(), f"{document}: {module}"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module", MODULES)
-def test_every_module_a_document_runs_answers_help(module):
+def test_every_module_the_readme_runs_answers_help(module):
     proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, env=clean_env(), capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, f"python -m {module} --help: exit {proc.returncode}\n{proc.stderr[-2000:]}"
