@@ -278,7 +278,7 @@ def check_resume(saved: dict, cfg: Config, run_dir) -> None:
     defaults, current = to_dict(Config()), to_dict(cfg)
     for key, _, f in iter_keys(Config):
         # one_cycle spans train.epochs, so there the epoch count shapes every step's learning rate
-        fixed = not f.metadata["changeable"] or (key == "train.epochs" and cfg.train.schedule == "one_cycle")
+        fixed = not f.metadata.get("changeable") or (key == "train.epochs" and cfg.train.schedule == "one_cycle")
         if not fixed:
             continue
         old = _lookup(saved, key, _lookup(defaults, key, None))  # a key newer than the checkpoint: its default

@@ -231,11 +231,11 @@ def help_text(cls) -> str:
     """Every key by section: default, allowed values, meaning; * marks keys that may change on resume."""
     lines = []
     for f, hint in _fields(cls):
-        lines.append(f"{f.name}: {f.metadata['help']}")
+        lines.append(f"{f.name}: {f.metadata.get('help', '')}")
         for key, key_type, leaf in iter_keys(hint, f.name):
-            mark = "*" if leaf.metadata["changeable"] else " "
+            mark = "*" if leaf.metadata.get("changeable") else " "
             values = describe_values(key_type, leaf.metadata).replace("\\|", "|")
-            lines.append(f" {mark}{key}={_default_text(leaf)}  ({values})  {leaf.metadata['help']}")
+            lines.append(f" {mark}{key}={_default_text(leaf)}  ({values})  {leaf.metadata.get('help', '')}")
     return "\n".join(lines)
 
 
@@ -243,7 +243,7 @@ def markdown_table(cls) -> str:
     """The README's config table, one row per key; "may change" marks keys a resumed run may change."""
     rows = ["| key | default | values | meaning | on resume |", "|---|---|---|---|---|"]
     for key, hint, f in iter_keys(cls):
-        resume = "may change" if f.metadata["changeable"] else ""
-        meaning = f.metadata["help"].replace("|", "\\|")  # a bare | would end the cell
+        resume = "may change" if f.metadata.get("changeable") else ""
+        meaning = f.metadata.get("help", "").replace("|", "\\|")  # a bare | would end the cell
         rows.append(f"| `{key}` | `{_default_text(f)}` | {describe_values(hint, f.metadata)} | {meaning} | {resume} |")
     return "\n".join(rows) + "\n"

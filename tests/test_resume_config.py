@@ -2,6 +2,7 @@
 that identifies the run changed is refused in one line naming each changed key, and its run.dir stays
 byte-identical; a key that may change on resume (train.epochs) resumes it."""
 import hashlib
+import shutil
 
 import pytest
 
@@ -15,21 +16,21 @@ def _digest(path):
             for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    base = tmp_path_factory.mktemp("resume_config")
-    check_ok(train_cli(tiny(base, "run", "train.epochs=1")))
-    return base
+@pytest.fixture
+def finished(tiny_run, tmp_path):
+    """A copy of the session's tiny finished run (2 epochs)."""
+    shutil.copytree(tiny_run, tmp_path / "run")
+    return tmp_path
 
 
-@pytest.mark.parametrize("changes, named", [
-    (["data.split_seed=7"], "data.split_seed (1 -> 7)"),
-    (["model.dropouts=[0.5]"], "model.dropouts ([0.1] -> [0.5])"),
+@pytest.mark.parametrize("change, named", [
+    ("data.split_seed=7", "data.split_seed (1 -> 7)"),
+    ("model.dropouts=[0.5]", "model.dropouts ([0.1] -> [0.5])"),
 ])
-def test_changed_identity_keys_are_refused_and_nothing_is_written(finished, changes, named):
+def test_changed_identity_keys_are_refused_and_nothing_is_written(finished, change, named):
     run = finished / "run"
     before = _digest(run)
-    proc = train_cli(tiny(finished, "run", "train.epochs=1", *changes), timeout=300)
+    proc = train_cli(tiny(finished, "run", "train.epochs=2", change), timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("distrib: error:")]
     assert len(errors) == 1 and f"run.dir {run}: resumed with changed keys {named}" in errors[0], proc.stderr
@@ -39,7 +40,7 @@ def test_changed_identity_keys_are_refused_and_nothing_is_written(finished, chan
 
 def test_a_changeable_key_resumes(finished):
     run = finished / "run"
-    proc = check_ok(train_cli(tiny(finished, "run", "train.epochs=2", "train.patience=5"), timeout=300))
+    proc = check_ok(train_cli(tiny(finished, "run", "train.epochs=3", "train.patience=5"), timeout=300))
     assert "resumed from" in proc.stdout
     steps = [row["step"] for row in metrics(run)]
-    assert len(steps) == 2 and steps[1] == 2 * steps[0]  # the first epoch kept, the second run once
+    assert len(steps) == 3 and steps[2] == 3 * steps[0]  # the first two epochs kept, the third run once
