@@ -1,6 +1,7 @@
 """Faults with real processes: a rank killed mid-epoch, a NaN on one rank, repeated kill-and-resume,
 an unusable run directory."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,7 +54,9 @@ def test_a_rank_killed_mid_epoch_ends_the_others_quickly_and_leaves_last_pt_inta
             raise AssertionError(f"rank {rank} still running 60 s after rank 1 died")
         if rank != 1:
             assert proc.returncode != 0
-            assert "lost rank 1" in err, err[-2000:]
+            # The killed rank is named; a third rank may also see rank 0 leave first (a race), which is fine.
+            named = re.search(r"lost rank ([\d, ]+)", err)
+            assert named and "1" in named.group(1).replace(" ", "").split(","), err[-2000:]
     assert time.time() - killed_at < 60
     state = torch.load(run / "checkpoints/last.pt", weights_only=True)
     assert state["progress"]["epoch"] >= 2
