@@ -17,23 +17,30 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from distrib.checkpoint import LoadedRun, load_run
-from distrib.distributed import select_device
 from distrib.errors import UserError, exit_on_user_error
-from distrib.metrics import error_sums, from_sums
-from distrib.ranking import RELEVANT_RATING, TOP_K, KnownItems, ranking_metrics
+
+# numpy, torch and the modules that need them are imported inside the functions: `--help` and a mistyped
+# command line answer at once instead of after torch's import (seconds on a loaded machine).
+TOP_K = 10  # distrib.ranking's defaults, repeated here so that the command line needs no numpy
+RELEVANT_RATING = 4.0
 
 PREDICT_BATCH = 65536  # (user, movie) pairs per forward pass
 MAX_RANKING_USERS = 10000
 SAMPLE_SEED = 0
 
 
-@torch.no_grad()
 def predict(model: torch.nn.Module, users, items, device: torch.device | str = "cpu") -> np.ndarray:
     """Predicted ratings for parallel arrays of user and item indices, in batches."""
+    import torch
+
+    with torch.no_grad():
+        return _predict(model, users, items, device)
+
+
+def _predict(model, users, items, device):
+    import numpy as np
+    import torch
+
     users = torch.from_numpy(np.array(users, dtype=np.int64))  # a copy: the data cache is read-only mmap
     items = torch.from_numpy(np.array(items, dtype=np.int64))
     out = np.empty(users.numel(), dtype=np.float32)
@@ -46,12 +53,19 @@ def predict(model: torch.nn.Module, users, items, device: torch.device | str = "
 
 def score_all_items(model: torch.nn.Module, users, n_items: int, device: torch.device | str = "cpu") -> np.ndarray:
     """(len(users), n_items) predicted ratings: every movie for each user, as one batched matrix."""
+    import numpy as np
+
     users = np.asarray(users, dtype=np.int64)
     flat = predict(model, np.repeat(users, n_items), np.tile(np.arange(n_items), users.size), device)
     return flat.reshape(users.size, n_items)
 
 
 def rating_metrics(model: torch.nn.Module, split, device: torch.device | str = "cpu") -> dict:
+    import numpy as np
+    import torch
+
+    from distrib.metrics import error_sums, from_sums
+
     if split is None or len(split) == 0:
         return {"rmse": math.nan, "mae": math.nan, "ratings": 0}
     pred = torch.from_numpy(predict(model, split.users, split.items, device))
@@ -61,6 +75,10 @@ def rating_metrics(model: torch.nn.Module, split, device: torch.device | str = "
 
 def evaluate_run(run: LoadedRun, split_name: str = "test", max_users: int = MAX_RANKING_USERS,
                  k: int = TOP_K, relevant_rating: float = RELEVANT_RATING) -> dict:
+    import numpy as np
+
+    from distrib.ranking import KnownItems, ranking_metrics
+
     data = run.data
     split = getattr(data, split_name)
     if split is None or len(split) == 0:
@@ -106,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.max_users < 0:
         raise UserError("--max-users must be >= 0")
+    from distrib.checkpoint import load_run
+    from distrib.distributed import select_device
+
     run = load_run(args.run_dir, args.checkpoint, select_device(args.device, key="--device"))
     result = evaluate_run(run, args.split, args.max_users)
     print(json.dumps(result) if args.json else format_result(result, args.run_dir), flush=True)

@@ -13,15 +13,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from distrib.errors import UserError, exit_on_user_error
 
-TOP_N = 10
+TOP_N = 10  # numpy and torch are imported inside the functions: `--help` answers at once
 
 
 def user_index(user_ids: np.ndarray, raw: str) -> int:
     """The contiguous index of raw user id `raw` (given as text on the command line)."""
+    import numpy as np
+
     user_ids = np.asarray(user_ids)
     if np.issubdtype(user_ids.dtype, np.integer):
         try:
@@ -38,6 +38,8 @@ def user_index(user_ids: np.ndarray, raw: str) -> int:
 
 def rated_items(data, user: int) -> np.ndarray:
     """Item indices the user has a rating for in any split."""
+    import numpy as np
+
     parts = [np.asarray(s.items)[np.asarray(s.users) == user] for s in (data.train, data.val, data.test)
              if s is not None]
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
@@ -45,6 +47,8 @@ def rated_items(data, user: int) -> np.ndarray:
 
 def recommend(model, data, user: int, top_n: int = TOP_N, device="cpu") -> list[dict]:
     """The top-n unrated movies for user index `user`: item index, raw id, title, genres, prediction."""
+    import numpy as np
+
     from distrib.evaluate import score_all_items
 
     scores = score_all_items(model, [user], data.n_items, device)[0].astype(np.float64)
@@ -59,7 +63,7 @@ def recommend(model, data, user: int, top_n: int = TOP_N, device="cpu") -> list[
 
 
 def _plain(value):
-    return value.item() if isinstance(value, np.generic) else value
+    return value.item() if hasattr(value, "item") else value  # a numpy scalar to its Python value
 
 
 def format_recommendations(raw_user: str, n_rated: int, recs: list[dict]) -> str:
@@ -83,9 +87,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     from distrib.checkpoint import load_run
 
-    args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.top < 1:
         raise UserError("--top must be >= 1")
     run = load_run(args.run_dir, args.checkpoint)
