@@ -6,6 +6,7 @@ others block on the lock, then find the finished folder and only memory-map it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ from distrib.data.types import PreparedData
 from distrib.errors import UserError
 from distrib.fsutil import FileLock
 
+log = logging.getLogger("distrib")
+
 
 def load_dataset(cfg) -> PreparedData:
     """`cfg` is the DataConfig section. Returns memory-mapped, read-only train/val/test arrays."""
@@ -30,7 +33,11 @@ def load_dataset(cfg) -> PreparedData:
         raise UserError(f"data.name: unknown dataset {cfg.name!r}")
     root = Path(cfg.root).expanduser()
     source = _locate(cfg, root)  # first: a download creates root
-    cache_root = Path(cfg.cache_dir).expanduser() if getattr(cfg, "cache_dir", "") else default_cache_root(root)
+    if getattr(cfg, "cache_dir", ""):
+        cache_root = Path(cfg.cache_dir).expanduser()
+    else:
+        cache_root = default_cache_root(root)
+        _say_where_the_cache_goes(root, cache_root)
     parts = _key_parts(cfg, source)
     folder = cache_root / f"{cfg.name}-{cache_key(parts)}"
     built = False
@@ -52,6 +59,18 @@ def default_cache_root(root: Path) -> Path:
     if not root.exists() or (os.access(root, os.W_OK) and root.stat().st_mode & 0o222):
         return root / "cache"
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distrib"
+
+
+_ANNOUNCED: set[Path] = set()
+
+
+def _say_where_the_cache_goes(root: Path, cache_root: Path) -> None:
+    """One line per process when a read-only data.root sends the cache elsewhere (rank 0's log shows it)."""
+    if cache_root == root / "cache" or cache_root in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(cache_root)
+    log.info("data.root %s is read-only: prepared data is cached in %s (data.cache_dir sets another place)",
+             root, cache_root)
 
 
 def _locate(cfg, root: Path) -> Path | None:

@@ -1,6 +1,8 @@
 """Encoding, splits and the shared cache, end to end through load_dataset."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -84,7 +86,7 @@ def test_cache_key_follows_the_source_file(tmp_path):
     assert len(load_dataset(cfg).train) == 3
 
 
-def test_default_cache_is_under_a_writable_root_and_never_in_a_read_only_one(tmp_path, monkeypatch):
+def test_default_cache_is_under_a_writable_root_and_never_in_a_read_only_one(tmp_path, monkeypatch, caplog):
     """data.cache_dir unset: the cache goes to data.root/cache, but a data.root marked read-only (a shared
     dataset copy) is left untouched even by root, who may write anywhere: the cache goes to $XDG_CACHE_HOME."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -97,8 +99,12 @@ def test_default_cache_is_under_a_writable_root_and_never_in_a_read_only_one(tmp
     shared.mkdir()
     shared.chmod(0o555)
     try:
-        data = load_dataset(cfg_for(tmp_path, root=str(shared), cache_dir="", synthetic=SMALL))
+        with caplog.at_level(logging.INFO, logger="distrib"):
+            for _ in range(2):  # the second load (a refit phase, evaluate) does not repeat the line
+                data = load_dataset(cfg_for(tmp_path, root=str(shared), cache_dir="", synthetic=SMALL))
         assert data.cache_dir.parent == tmp_path / "xdg" / "distrib"
         assert list(shared.iterdir()) == []
+        said = [r.getMessage() for r in caplog.records if "read-only" in r.getMessage()]
+        assert len(said) == 1 and str(tmp_path / "xdg" / "distrib") in said[0], said
     finally:
         shared.chmod(0o755)
