@@ -36,7 +36,7 @@ class DistEnv:
     world_size: int
     master_addr: str
     master_port: int
-    launcher: str  # torchrun, slurm or single
+    launcher: str  # torchrun, slurm, single, or submitit-local (a torchrun-style environment from launch.job)
 
     @property
     def is_main(self) -> bool:
@@ -50,7 +50,8 @@ def resolve_env(environ: dict | None = None) -> DistEnv:
         return DistEnv(
             rank=_int(env, "RANK"), local_rank=_int(env, "LOCAL_RANK"), world_size=_int(env, "WORLD_SIZE"),
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"), master_port=_int(env, "MASTER_PORT", 29500),
-            launcher="torchrun",
+            # launch.job exports this torchrun-style environment for submitit's local executor and names itself
+            launcher=env.get("DISTRIB_LAUNCHER") or "torchrun",
         )
     if torchrun:
         missing = ", ".join(k for k in TORCHRUN_KEYS if k not in env)

@@ -39,12 +39,12 @@ def last_row_per_epoch(rows: list[dict]) -> list[dict]:
 
 def plot_learning_curves(rows: list[dict], path: Path) -> Path:
     """Train and val loss (left) and val RMSE/MAE (right) per epoch, from metrics.jsonl rows (keys
-    epoch (0-based, as the trainer writes it; drawn 1-based), train_loss, val_loss, val_rmse, val_mae)."""
+    epoch (from 1, as the trainer writes it and the console prints it), train_loss, val_loss, val_rmse, val_mae)."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
     rows = last_row_per_epoch(rows)
-    epochs = [int(r["epoch"]) + 1 for r in rows]
+    epochs = [int(r["epoch"]) for r in rows]
     fig, (loss_ax, err_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, keys in ((loss_ax, ("train_loss", "val_loss")), (err_ax, ("val_rmse", "val_mae"))):
         for key in keys:

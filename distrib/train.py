@@ -1,7 +1,11 @@
 """The training entry point.
 
-    python -m distrib.train [CONFIG.yaml] [key=value ...]                      # one process
+    python -m distrib.train [CONFIG.yaml] [key=value ...] [--print-config]     # one process
     torchrun --standalone --nproc_per_node=N -m distrib.train [CONFIG] [...]   # N ranks, same code
+
+Rank 0 prints a short header (data, model, world size, device, run.dir, the keys that differ from the
+defaults) and one line per epoch; --print-config also prints the full resolved config (always saved as
+run.dir/config.yaml).
 
 Fixed lifecycle: parse and validate the config (before any process group), resolve the launcher's
 environment, form the group, build, train (and with train.refit, train again on training + validation
@@ -15,6 +19,7 @@ import typing
 from pathlib import Path
 
 from distrib.config import Config, dump_yaml, load_config, refit_config, to_dict, with_refit_group
+from distrib.console import PRINT_CONFIG_FLAG, closing_line, header, plural, refit_summary
 from distrib.errors import JobError, UserError, exit_on_user_error
 from distrib.options import help_text
 
@@ -37,8 +42,9 @@ def usage() -> str:
     """--help: the launch commands, the shipped configs and every key, all generated from their sources."""
     shipped = sorted(CONFIGS.glob("*.yaml")) if CONFIGS.is_dir() else []
     configs = "".join(f"  configs/{p.name}\n" for p in shipped) or "  (none next to this installation)\n"
-    return ("usage: python -m distrib.train [CONFIG.yaml] [key=value ...]   (key=value beats the file, the file "
-            f"beats the defaults)\n\n{LAUNCH}\nshipped configs:\n{configs}\n"
+    return ("usage: python -m distrib.train [CONFIG.yaml] [key=value ...] [--print-config]   (key=value beats the "
+            "file, the file beats the defaults; --print-config prints the resolved config at start)"
+            f"\n\n{LAUNCH}\nshipped configs:\n{configs}\n"
             "config keys (key=default  (values)  meaning; * = may change when a run resumes):\n"
             f"{help_text(Config)}\n")
 
@@ -67,6 +73,8 @@ def setup_logging(env: DistEnv) -> None:
     fmt = "%(message)s" if env.is_main else f"[rank {env.rank}] %(levelname)s %(message)s"
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING, format=fmt, stream=sys.stdout,
                         force=True)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its font cache notes ("generated new fontManager")
+    logging.getLogger("submitit").propagate = False  # under submitit: its own handler prints its lines once
 
 
 def agree(error: str | None) -> None:
@@ -100,9 +108,9 @@ def run(cfg: Config, env: DistEnv, device) -> dict:
     tracker = None
     try:
         data = load_dataset(cfg.data)
-        log.info("%s | world size %d on %s (%s)", data.description, env.world_size, device, env.launcher)
         trainer = Trainer(cfg, env, device, data, run_dir)  # resumes, or refuses a mismatched checkpoint
         if env.is_main:
+            log.info("%s", header(cfg, env, device, data, trainer.model))
             run_dir.write_text("config.yaml", dump_yaml(cfg))  # only once the inputs have proved good
         tracker = build_tracker(cfg.tracking, run_dir.path, to_dict(cfg), env.is_main)
         summary = trainer.fit(tracker)
@@ -114,8 +122,6 @@ def run(cfg: Config, env: DistEnv, device) -> dict:
             # Leave together: a rank that tore its group down while rank 0 still drew plots was seen to abort
             # (SIGABRT in gloo's teardown under load), failing a run that had finished.
             dist.barrier()
-        log.info("done: %s", ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                        for k, v in summary.items()))
         tracker.close(0)
         return summary
     except BaseException:
@@ -133,16 +139,18 @@ def configure(argv: list[str]) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = configure(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = configure([a for a in argv if a != PRINT_CONFIG_FLAG])
     from torch.distributed.elastic.multiprocessing.errors import record
 
     # record reports a crashing rank's traceback to torchrun; a UserError never reaches it (exit 2 first)
-    return record(exit_on_user_error(train))(cfg)
+    return record(exit_on_user_error(train))(cfg, PRINT_CONFIG_FLAG in argv)
 
 
-def train(cfg: Config) -> int:
+def train(cfg: Config, print_config: bool = False) -> int:
     from distrib.distributed import (close_process_group, describe_lost_peers, failure_reason, init_process_group,
                                      is_peer_failure, record_peers, resolve_env, select_device)
+    from distrib.rundir import RunDir
 
     env = resolve_env()
     check_world(cfg, env)
@@ -151,15 +159,18 @@ def train(cfg: Config) -> int:
     init_process_group(env, device, cfg.dist.backend, cfg.dist.timeout_s)
     try:
         record_peers()
-        if env.is_main:
-            log.info("resolved config:\n%s", dump_yaml(cfg))
+        if env.is_main and print_config:
+            log.info("config:\n%s", dump_yaml(cfg))
         summary = run(cfg, env, device)
         if cfg.train.refit:
             # A requeued job passes through the finished first phase quickly (it resumes as finished), then
             # resumes this one from run.dir/refit's own checkpoints.
-            log.info("refit: training on training + validation ratings for %d epochs in %s/refit",
-                     summary["best_epoch"], cfg.run.dir)
-            run(refit_config(cfg, summary["best_epoch"]), env, device)
+            log.info("refit: training on training + validation ratings for %s in %s/refit",
+                     plural(summary["best_epoch"], "epoch"), cfg.run.dir)
+            summary = refit_summary(summary, run(refit_config(cfg, summary["best_epoch"]), env, device))
+            if env.is_main:  # the top-level summary describes the model the run ships: the refit's
+                RunDir(cfg.run.dir).write_json("summary.json", summary)
+        log.info("%s", closing_line(summary, cfg.run.dir))
     except RuntimeError as err:
         if env.world_size > 1 and is_peer_failure(err):
             # One line instead of a gloo/NCCL stack: which rank went away, and that this one stops too.

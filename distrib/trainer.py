@@ -80,6 +80,7 @@ class Trainer:
         self.guard = DivergenceGuard(env.rank, device)
         self.progress = Progress()
         self.metrics: list[dict] = []
+        self.members = 1  # predictions per rating in training: an ensemble's members each give one
         self._resume()  # before the DDP wrap, so every rank starts from the loaded weights
         if cfg.train.compile:
             # The module, not the DDP wrapper: the same compiled graph serves training and evaluate, and DDP
@@ -107,7 +108,8 @@ class Trainer:
         self.early.should_stop = bool(self.early.patience) and self.early.bad_epochs >= self.early.patience
         self.progress = Progress(**state["progress"])
         # Rows of epochs after the checkpoint were written by a run that died before saving: drop them.
-        self.metrics = [row for row in self.run.read_metrics() if row["epoch"] < self.progress.epoch]
+        # Rows number epochs from 1 (as the console does); progress.epoch counts the epochs finished.
+        self.metrics = [row for row in self.run.read_metrics() if row["epoch"] <= self.progress.epoch]
         log.info("resumed from %s at epoch %d (step %d)", path, self.progress.epoch, self.progress.step)
 
     def state_dict(self) -> dict:
@@ -147,7 +149,7 @@ class Trainer:
             improved = self.early.take_unvalidated(epoch)
         seconds = time.perf_counter() - started
         row = {
-            "epoch": epoch, "train_loss": train_loss, "val_rmse": val["rmse"], "val_mae": val["mae"],
+            "epoch": epoch + 1, "train_loss": train_loss, "val_rmse": val["rmse"], "val_mae": val["mae"],
             "val_loss": val["mse"], "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
             "samples_per_s": self.steps_per_epoch * self.cfg.train.batch_size / seconds, "step": self.progress.step,
         }
@@ -170,6 +172,7 @@ class Trainer:
             with self.autocast:
                 pred = self.ddp(users, items)
             # pred may be (members, batch) in training (an ensemble): each member's own error, summed
+            self.members = pred.shape[0] if pred.dim() > 1 else 1
             sq_sum = self.guard.observe((pred.float() - split.ratings[idx]).pow(2).sum(), self.progress.step)
             loss = sq_sum if self.penalty is None else sq_sum + self.penalty(users, items)
             self.optimizer.zero_grad(set_to_none=True)
@@ -184,7 +187,8 @@ class Trainer:
                 self._log_step(sq_sum, idx.numel())
         bar.close()
         self.guard.check()  # before validation and saving: a diverged epoch is never checkpointed
-        return self._global_mean(total, self.steps_per_epoch * cfg.batch_size)
+        # Per rating and per member: an ensemble's figure is its members' mean loss, on validation's scale.
+        return self._global_mean(total, self.steps_per_epoch * cfg.batch_size * self.members)
 
     def _log_step(self, sq_sum: torch.Tensor, n: int) -> None:
         lr = self.optimizer.param_groups[0]["lr"]
@@ -216,10 +220,11 @@ class Trainer:
         has_val = not math.isnan(row["val_loss"])
         mark = " *" if improved and has_val else ""
         val = f" - val: {row['val_loss']:.4f} - val_rmse: {row['val_rmse']:.4f}" if has_val else ""
-        log.info("[%03d/%03d] train: %.4f%s - %.1fs - %.0f samples/s%s", row["epoch"] + 1, self.cfg.train.epochs,
+        train = "train" if self.members == 1 else f"train (mean of {self.members} members)"
+        log.info("[%03d/%03d] %s: %.4f%s - %.1fs - %.0f samples/s%s", row["epoch"], self.cfg.train.epochs, train,
                  row["train_loss"], val, row["epoch_seconds"], row["samples_per_s"], mark)
         metrics = {
-            "epoch": row["epoch"] + 1, "train/loss": row["train_loss"], "time/epoch_s": row["epoch_seconds"],
+            "epoch": row["epoch"], "train/loss": row["train_loss"], "time/epoch_s": row["epoch_seconds"],
             "throughput/samples_per_s": row["samples_per_s"], "dist/world_size": self.env.world_size,
             "device": self.device.type,
         }

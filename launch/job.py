@@ -67,6 +67,7 @@ def export_local_rank_env(job_env) -> None:
     # Every task derives the same port from the job id; the device is chosen from LOCAL_RANK, not by
     # narrowing CUDA_VISIBLE_DEVICES.
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    os.environ["DISTRIB_LAUNCHER"] = "submitit-local"  # the log names the launcher that ran it, not torchrun
 
 
 def requeued_since_start(job_env, tries: int = 5) -> bool:

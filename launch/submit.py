@@ -12,7 +12,8 @@ anything is submitted. Sweep flags multiply (a grid); the members share one arra
 run.dir (<run.dir>/<member>) and tracking.group (the sweep's name, run.dir's last part, unless set).
 Logs go to slurm.folder, or <run.dir>/slurm. A job that reaches its time limit (USR2
 slurm.signal_delay_s before it) or is preempted is requeued and resumes from run.dir's last.pt.
-With --wait the command waits for the jobs and exits 1 if any failed.
+With --wait the command prints rank 0's console (the run's header, one line per epoch, its closing
+line) as the job's log receives it, waits for the jobs and exits 1 if any failed.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import itertools
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from distrib.config import Config, SlurmConfig, load_config
@@ -122,7 +124,9 @@ def build_executor(cfg: SlurmConfig, folder: Path, name: str, local: bool, array
 
     if not local and shutil.which("sbatch") is None:
         raise UserError("no SLURM here (sbatch not found on PATH): use --local to run on this machine")
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="local" if local else "slurm")
+    # One folder per job on SLURM. The local executor's controller would create the pattern's folder literally
+    # (an empty `%j`); its logs are named by job id already, so they go straight into the folder.
+    executor = submitit.AutoExecutor(folder=folder if local else folder / "%j", cluster="local" if local else "slurm")
     params = slurm_parameters(cfg, name)
     if array_size > 1:
         params["slurm_array_parallelism"] = array_size
@@ -149,6 +153,33 @@ def submit(ns: argparse.Namespace) -> list:
         label = f" [{member}]" if sweep else ""
         print(f"{kind} {job.job_id}{label}: run.dir {cfg.run.dir} log {job.paths.stdout}", flush=True)
     return jobs
+
+
+def stream_main_logs(jobs, labels: list[str], poll_s: float = 1.0) -> None:
+    """Print each job's rank-0 stdout as it grows, complete lines only, until every job has ended."""
+    seen = [0] * len(jobs)
+    while True:
+        ended = all(job.done() for job in jobs)  # before reading, so the last lines are read after the end
+        for n, (job, label) in enumerate(zip(jobs, labels)):
+            seen[n] += _print_new_lines(job.paths.stdout, seen[n], label, final=ended)
+        if ended:
+            return
+        time.sleep(poll_s)
+
+
+def _print_new_lines(path, offset: int, label: str, final: bool) -> int:
+    """Print the complete lines of `path` after byte `offset`; the number of bytes printed."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            chunk = handle.read()
+    except FileNotFoundError:  # the job has not started yet
+        return 0
+    if not final:
+        chunk = chunk[:chunk.rfind(b"\n") + 1]
+    for line in chunk.decode(errors="replace").splitlines():
+        print(f"{label}{line}", flush=True)
+    return len(chunk)
 
 
 def wait_for(jobs) -> int:
@@ -178,7 +209,10 @@ def reason(job, err: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(sys.argv[1:] if argv is None else argv)
     jobs = submit(ns)
-    return wait_for(jobs) if ns.wait else 0
+    if not ns.wait:
+        return 0
+    stream_main_logs(jobs, [f"[{job.job_id}] " if len(jobs) > 1 else "" for job in jobs])
+    return wait_for(jobs)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def test_nan_on_one_rank_stops_every_rank_at_the_same_step_before_saving(tmp_pat
     lines = [l for l in proc.stderr.splitlines() if l.startswith("distrib: error:")]
     assert len(lines) == 2 and all("at step 50 on rank 1" in l for l in lines), proc.stderr[-2000:]
     run = tmp_path / "run"
-    assert [r["epoch"] for r in metrics(run)] == [0, 1]  # the third epoch is never recorded
+    assert [r["epoch"] for r in metrics(run)] == [1, 2]  # the third epoch is never recorded
     for name in ("last.pt", "best.pt"):
         state = torch.load(run / "checkpoints" / name, weights_only=True)
         assert state["progress"]["step"] == 34
@@ -88,7 +88,7 @@ def test_killed_and_restarted_repeatedly_ends_exactly_like_an_uninterrupted_run(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     check_ok(train_cli(tiny(tmp_path, "chopped", *args)))
-    assert [r["epoch"] for r in metrics(run)] == list(range(6)), "each epoch exactly once"
+    assert [r["epoch"] for r in metrics(run)] == list(range(1, 7)), "each epoch exactly once"
     a, b = weights(tmp_path / "whole/checkpoints/last.pt"), weights(run / "checkpoints/last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     whole, chopped = metrics(tmp_path / "whole"), metrics(run)

@@ -28,7 +28,7 @@ def assert_png(path, min_side=200):
 
 
 def _rows(n=5):
-    return [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_loss": 1.1 / (e + 1), "val_rmse": 1.0 - 0.05 * e,
+    return [{"epoch": e + 1, "train_loss": 1.0 / (e + 1), "val_loss": 1.1 / (e + 1), "val_rmse": 1.0 - 0.05 * e,
              "val_mae": 0.8 - 0.04 * e, "lr": 1e-3} for e in range(n)]
 
 
@@ -38,9 +38,9 @@ def test_learning_curves_png(tmp_path):
 
 
 def test_learning_curves_keep_last_row_of_a_rerun_epoch():
-    rows = _rows(3) + [{"epoch": 2, "train_loss": 0.1, "val_rmse": 0.5}]
+    rows = _rows(3) + [{"epoch": 3, "train_loss": 0.1, "val_rmse": 0.5}]
     kept = last_row_per_epoch(rows)
-    assert [r["epoch"] for r in kept] == [0, 1, 2] and kept[-1]["val_rmse"] == 0.5
+    assert [r["epoch"] for r in kept] == [1, 2, 3] and kept[-1]["val_rmse"] == 0.5
 
 
 def _article_schedule(steps_per_epoch=20, epochs=6, warmup=0):

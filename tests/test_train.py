@@ -23,7 +23,7 @@ def test_single_process_writes_every_output(tmp_path):
     run = tmp_path / "run"
     assert load_config(str(run / "config.yaml")).model.hidden == [32]
     rows = metrics(run)
-    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]  # numbered as the console prints them
     for key in ("epoch", "train_loss", "val_rmse", "val_mae", "lr", "epoch_seconds", "samples_per_s"):
         assert key in rows[0]
     for name in ("last.pt", "best.pt"):
@@ -37,6 +37,30 @@ def test_single_process_writes_every_output(tmp_path):
     assert result["epochs_run"] == 3 and result["world_size"] == 1
     assert result["best_val_rmse"] == pytest.approx(min(r["val_rmse"] for r in rows))
     assert "[001/003] train:" in proc.stdout
+    _check_compact_header(proc.stdout, run)
+
+
+def _check_compact_header(stdout: str, run):
+    """A few lines before the first epoch instead of the whole config, which run.dir/config.yaml holds."""
+    head = stdout.split("[001/")[0]
+    assert "resolved config" not in stdout and "n_factors: 8" not in stdout and len(head.splitlines()) <= 6, head
+    assert "synthetic: 300 users" in head and "(train " in head and " / val " in head and " / test " in head
+    n_params = sum(t.numel() for t in weights(run / "checkpoints/last.pt").values())
+    assert f"model: embeddingnet, {n_params:,} parameters | world size 1 on cpu (single), fp32" in head, head
+    assert f"run.dir: {run} " in head
+    changed = head.split("changed from the defaults:")[1]
+    assert "model.n_factors=8" in changed and "model.hidden=[32]" in changed and "train.epochs=3" in changed
+    assert "train.lr=" not in changed and "run.dir" not in changed  # defaults left out; run.dir has its line
+    assert "generated new fontManager" not in stdout
+    assert stdout.strip().splitlines()[-1].startswith("done: test_rmse=")
+
+
+def test_print_config_prints_the_whole_config(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("a file where run.dir should be: the run stops right after the config is printed")
+    proc = train_cli(tiny(tmp_path, "x", f"run.dir={taken}") + ["--print-config"])
+    assert proc.returncode == 2 and "exists and is not a directory" in proc.stderr
+    assert "config:\n" in proc.stdout and "  n_factors: 8\n" in proc.stdout and "  lr_scaling: sqrt\n" in proc.stdout
 
 
 def test_same_global_batch_gives_same_weights_on_1_2_3_ranks(tmp_path):
@@ -64,7 +88,7 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     check_ok(train_cli(tiny(tmp_path, "split", "train.epochs=2"), nproc=2))
     proc = check_ok(train_cli(tiny(tmp_path, "split", "train.epochs=4"), nproc=2))
     assert "resumed from" in proc.stdout and "at epoch 2" in proc.stdout
-    assert [r["epoch"] for r in metrics(tmp_path / "split")] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in metrics(tmp_path / "split")] == [1, 2, 3, 4]
     a, b = weights(tmp_path / "whole/checkpoints/last.pt"), weights(tmp_path / "split/checkpoints/last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)  # dropout on: masks are replayed exactly per (rank, epoch)
     assert metrics(tmp_path / "whole")[-1]["val_rmse"] == metrics(tmp_path / "split")[-1]["val_rmse"]
@@ -129,7 +153,7 @@ def test_cut_off_checkpoint_falls_back_to_the_previous_one(tmp_path):
     last.write_bytes(last.read_bytes()[:1000])  # a write cut off midway
     proc = check_ok(train_cli(tiny(tmp_path, "run", "train.epochs=3")))
     assert "unreadable" in proc.stdout + proc.stderr and "at epoch 1" in proc.stdout
-    assert [r["epoch"] for r in metrics(tmp_path / "run")] == [0, 1, 2]
+    assert [r["epoch"] for r in metrics(tmp_path / "run")] == [1, 2, 3]
     assert json.loads((tmp_path / "run/summary.json").read_text())["epochs_run"] == 3
 
 
@@ -138,10 +162,19 @@ def test_refit_trains_again_on_train_plus_validation_for_the_best_epoch_count(tm
     (no validation carve) for the first phase's best epoch count in run.dir/refit; a rerun of the finished job
     (as a requeue would) passes both phases without training again."""
     args = tiny(tmp_path, "run", "train.epochs=6", "train.patience=2", "train.refit=true")
-    check_ok(train_cli(args, nproc=2))
-    first, second = summary(tmp_path / "run"), summary(tmp_path / "run" / "refit")
+    proc = check_ok(train_cli(args, nproc=2))
+    second = summary(tmp_path / "run" / "refit")
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("done: refit model (refit/): test_rmse=") and "None" not in last, last
+    assert "| first phase: best_val_rmse=" in last, last
+    first = summary(tmp_path / "run")["phase1"]
     assert second["epochs_run"] == second["best_epoch"] == first["best_epoch"]
     assert second["best_val_rmse"] is None and second["world_size"] == 2
+    # The top-level summary.json is the shipped (refit) model's, with the first phase's that chose it beside it.
+    top = summary(tmp_path / "run")
+    assert top["final_model"] == "refit" and top["test_rmse"] == second["test_rmse"]
+    assert top["epochs_run"] == second["epochs_run"] and "best_val_rmse" not in top
+    assert first["best_val_rmse"] > 0 and first["test_rmse"] > 0 and first["stopped_early"] in (True, False)
     # more training ratings per epoch: the validation tenth is trained on
     assert second["steps"] / second["epochs_run"] > first["steps"] / first["epochs_run"]
     refit_cfg = yaml.safe_load((tmp_path / "run" / "refit" / "config.yaml").read_text())

@@ -4,11 +4,11 @@ the weighted mean of the members' predictions (weights `model.member_weights`, n
 Each member is fit to the ratings on its own, as if trained alone, but in the same job: the same batches,
 optimizer, schedule, DDP and checkpoints (member i's weights under `members.i.`). In training mode forward
 returns one row of predictions per member, and the trainer's summed squared error, broadcast against the
-batch's ratings, is the sum of the members' losses (its logged train loss is that sum). The members
-never see each other's errors: trained jointly on the mean, they would fit each other's residuals instead,
-which validated worse on ml-100k. Early stopping and the best checkpoint follow the ensemble's validation
-RMSE. Each member keeps its own regularisation (`penalty` sums the members' penalties), and `attach_train`
-reaches the members that read the training ratings.
+batch's ratings, is the sum of the members' losses (the logged train loss is their mean, on validation's
+scale, and the console says so). The members never see each other's errors: trained jointly on the mean,
+they would fit each other's residuals instead, which validated worse on ml-100k. Early stopping and the best
+checkpoint follow the ensemble's validation RMSE. Each member keeps its own regularisation (`penalty` sums
+the members' penalties), and `attach_train` reaches the members that read the training ratings.
 """
 from __future__ import annotations
 

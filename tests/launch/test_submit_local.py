@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -11,14 +12,35 @@ from tests.launch.common import REPO, epochs_done, job_env, run, tiny
 pytestmark = pytest.mark.slow  # every test here launches processes or trains
 
 
-@pytest.mark.timeout(150)
-def test_local_two_tasks(tmp_path):
-    proc = run([sys.executable, "-m", "launch.submit", *tiny(tmp_path, "local", "slurm.tasks_per_node=2"),
-                "--local", "--wait"], timeout_s=120, cwd=REPO, env=job_env(tmp_path))
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}"
-    assert "local job" in proc.stdout and str(tmp_path / "local") in proc.stdout
-    assert json.loads((tmp_path / "local" / "summary.json").read_text())["world_size"] == 2
-    assert epochs_done(tmp_path / "local") == [0, 1, 2]
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_local_two_tasks_stream_rank_0s_lines_as_they_come(tmp_path):
+    run_dir = tmp_path / "local"
+    cmd = [sys.executable, "-m", "launch.submit", *tiny(tmp_path, "local", "slurm.tasks_per_node=2", "train.epochs=4"),
+           "--local", "--wait"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=job_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    lines, plots_when_first_epoch_arrived = [], None
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("[001/004]"):  # the job is still running: its plots come after the last epoch
+                plots_when_first_epoch_arrived = (run_dir / "plots" / "learning_curves.png").exists()
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 0, f"stdout:\n{''.join(lines)}\nstderr:\n{err[-3000:]}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = "".join(lines)
+    assert "local job" in out and str(run_dir) in out
+    assert plots_when_first_epoch_arrived is False, out
+    assert [line[:9] for line in lines if line.startswith("[0")] == ["[001/004]", "[002/004]", "[003/004]", "[004/004]"]
+    assert "world size 2" in out and "(submitit-local)" in out and "done: test_rmse=" in out
+    assert "torchrun" not in out  # the header names the launcher that ran the job
+    assert out.count("Job completed successfully") <= 1  # submitit's own lines are not doubled
+    assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2
+    assert epochs_done(run_dir) == [1, 2, 3, 4]
+    assert [p.name for p in (run_dir / "slurm").iterdir() if p.is_dir()] == []  # no folder literally named %j
 
 
 @pytest.mark.timeout(60)

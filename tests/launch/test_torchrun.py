@@ -55,6 +55,6 @@ def test_killed_worker_restarts_and_resumes(tmp_path):
     assert "SIGKILL" in text or "Signal 9" in text or "exitcode: -9" in text, text[-3000:]
     # A restart from scratch would also rewrite metrics.jsonl 0..5: the trainer must say it resumed.
     assert "resumed from" in text and "last.pt at epoch" in text, text[-3000:]
-    assert epochs_done(run_dir) == list(range(6))  # nothing repeated or skipped
+    assert epochs_done(run_dir) == list(range(1, 7))  # nothing repeated or skipped
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["epochs_run"] == 6

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.launch.common import (REPO, SLOW, cancel, epochs_done, job_env, release_requeued, run, sbatch,
-                                 settled_accounting, tiny, wait_job, wait_until)
+                                 checked_accounting, tiny, wait_job, wait_until)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 TEMPLATE = str(REPO / "slurm" / "train.sbatch")
@@ -30,12 +30,12 @@ def test_two_tasks_form_one_group(tmp_path):
         cancel(job)
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["epochs_run"] == 3
-    assert epochs_done(tmp_path / "two") == [0, 1, 2]
-    # Both ranks ran as tasks of one step, and the batch shell itself did not train.
-    steps = {r["job"]: r for r in settled_accounting(job)}
+    assert epochs_done(tmp_path / "two") == [1, 2, 3]
+    assert "world size 2" in log.read_text() and "(slurm)" in log.read_text()
+    # Both ranks ran as tasks of one step, and the batch shell itself did not train (sacct's step rows).
+    steps = {r["job"]: r for r in checked_accounting(job)}
     assert steps[f"{job}.0"]["ntasks"] == "2" and steps[f"{job}.0"]["state"] == "COMPLETED"
     assert steps[f"{job}.batch"]["ntasks"] == "1"
-    assert "world size 2" in log.read_text() and "(slurm)" in log.read_text()
 
 
 @pytest.mark.timeout(300)
@@ -55,10 +55,7 @@ def test_usr2_requeues_and_resumes_to_the_uninterrupted_weights(tmp_path):
     text = log.read_text()
     assert "restart 0" in text and "USR2 received" in text and "restart 1" in text
     assert "resumed from" in text.split("restart 1", 1)[1], text[-3000:]  # not a fresh start
-    assert epochs_done(tmp_path / "cut") == list(range(6))  # each epoch once: none repeated or skipped
-    states = [r["state"] for r in settled_accounting(job) if r["job"] == job]
-    assert states[0] == "REQUEUED" and states[-1] == "COMPLETED"
-
+    assert epochs_done(tmp_path / "cut") == list(range(1, 7))  # each epoch once: none repeated or skipped
     ref, ref_log = submit(tmp_path, "ref", epochs, *SLOW)
     try:
         assert wait_job(ref, 150, ref_log) == "COMPLETED", ref_log.read_text()[-3000:]
@@ -69,3 +66,5 @@ def test_usr2_requeues_and_resumes_to_the_uninterrupted_weights(tmp_path):
     assert resumed.keys() == straight.keys()
     for key in straight:
         assert torch.equal(resumed[key], straight[key]), key
+    states = [r["state"] for r in checked_accounting(job) if r["job"] == job]
+    assert states[0] == "REQUEUED" and states[-1] == "COMPLETED"

@@ -14,7 +14,7 @@ import torch
 
 from tests.helpers import check_ok, train_cli, weights
 from tests.launch.common import (REPO, SLOW, cancel, epochs_done, job_env, release_requeued, run,
-                                 settled_accounting, tiny, wait_job, wait_until)
+                                 checked_accounting, tiny, wait_job, wait_until)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -33,8 +33,8 @@ def test_two_task_job(tmp_path):
     assert job and job.group(2) == str(tmp_path / "job"), out
     summary = json.loads((tmp_path / "job" / "summary.json").read_text())
     assert summary["world_size"] == 2
-    assert epochs_done(tmp_path / "job") == [0, 1, 2]
-    steps = {r["job"]: r for r in settled_accounting(job.group(1))}
+    assert epochs_done(tmp_path / "job") == [1, 2, 3]
+    steps = {r["job"]: r for r in checked_accounting(job.group(1))}
     assert steps[f"{job.group(1)}.0"]["ntasks"] == "2"
 
 
@@ -79,7 +79,7 @@ def test_preempted_job_requeues_and_resumes_to_the_uninterrupted_weights(tmp_pat
         release_requeued(job, on_timeout=tail)
         out, err = submitter.communicate(timeout=150)  # --wait: the requeued run's outcome, not the first's
         if submitter.returncode == 0:
-            wait_job(job, 60)  # its pickles are written: let the tasks exit before reading sacct
+            wait_job(job, 60)  # its pickles are written: let the tasks exit before reading their files
             ended = True
     finally:
         if job and not ended:
@@ -97,12 +97,11 @@ def test_preempted_job_requeues_and_resumes_to_the_uninterrupted_weights(tmp_pat
     assert "was requeued: task 0 of this run ends here" in (folder / f"{job}_0_log.err").read_text()
     for task in (0, 1):  # each task's result is the requeued run's success
         assert pickle.loads((folder / f"{job}_{task}_result.pkl").read_bytes()) == ("success", 0)
-    assert epochs_done(tmp_path / "cut") == list(range(10))  # each epoch once: none repeated or skipped
-    states = [r["state"] for r in settled_accounting(job) if r["job"] == job]
-    assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", states
-
+    assert epochs_done(tmp_path / "cut") == list(range(1, 11))  # each epoch once: none repeated or skipped
     check_ok(train_cli(tiny(tmp_path, "ref", epochs, *SLOW), nproc=2, timeout=150, env=job_env(tmp_path)))
     resumed, straight = weights(tmp_path / "cut/checkpoints/last.pt"), weights(tmp_path / "ref/checkpoints/last.pt")
     assert resumed.keys() == straight.keys()
     for key in straight:
         assert torch.equal(resumed[key], straight[key]), key
+    states = [r["state"] for r in checked_accounting(job) if r["job"] == job]
+    assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", states
