@@ -12,7 +12,6 @@ from tests.launch.common import REPO, epochs_done, job_env, run, tiny
 pytestmark = pytest.mark.slow  # every test here launches processes or trains
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_local_two_tasks_stream_rank_0s_lines_as_they_come(tmp_path):
     run_dir = tmp_path / "local"
