@@ -184,7 +184,7 @@ class Trainer:
             bar.update()
             if self.progress.step % cfg.log_every_steps == 0:  # the only host sync inside the epoch
                 self.guard.check()
-                self._log_step(sq_sum, idx.numel())
+                self._log_step(sq_sum, idx.numel() * self.members)  # per rating and member, as the epoch figure
         bar.close()
         self.guard.check()  # before validation and saving: a diverged epoch is never checkpointed
         # Per rating and per member: an ensemble's figure is its members' mean loss, on validation's scale.

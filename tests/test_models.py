@@ -154,8 +154,10 @@ def test_ensemble_trains_each_member_on_its_own_and_predicts_their_weighted_mean
                          ids=["ensemble", "autorec"])
 def test_new_models_train_in_the_distributed_job_with_the_same_weights_on_1_and_2_ranks(tmp_path, model_args):
     args = [*model_args, "train.weight_decay=0", "train.epochs=2"]
-    check_ok(train_cli(tiny(tmp_path, "w1", *args)))
+    one = check_ok(train_cli(tiny(tmp_path, "w1", *args)))
     check_ok(train_cli(tiny(tmp_path, "w2", *args), nproc=2))
+    # an ensemble's train figure is its members' mean loss, and its epoch line says so
+    assert ("[001/002] train (mean of 2 members): " in one.stdout) == (model_args is ENSEMBLE), one.stdout[-2000:]
     assert summary(tmp_path / "w2")["world_size"] == 2
     assert math.isfinite(summary(tmp_path / "w2")["test_rmse"])
     assert max_rel_diff(weights(tmp_path / "w1/checkpoints/last.pt"), weights(tmp_path / "w2/checkpoints/last.pt")) <= 1e-4
