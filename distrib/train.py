@@ -85,6 +85,7 @@ def run(cfg: Config, env: DistEnv, device) -> dict:
     import torch.distributed as dist
 
     from distrib.data import load_dataset
+    from distrib.distributed import host_count
     from distrib.rundir import RunDir
     from distrib.trainer import Trainer
     from distrib.tracking import build_tracker
@@ -100,7 +101,8 @@ def run(cfg: Config, env: DistEnv, device) -> dict:
     tracker = None
     try:
         data = load_dataset(cfg.data)
-        log.info("%s | world size %d on %s (%s)", data.description, env.world_size, device, env.launcher)
+        log.info("%s | world size %d on %s (%s) | %d host(s), master %s:%d", data.description, env.world_size, device,
+                 env.launcher, host_count(), env.master_addr, env.master_port)
         trainer = Trainer(cfg, env, device, data, run_dir)  # resumes, or refuses a mismatched checkpoint
         if env.is_main:
             run_dir.write_text("config.yaml", dump_yaml(cfg))  # only once the inputs have proved good
@@ -163,7 +165,7 @@ def train(cfg: Config) -> int:
     except RuntimeError as err:
         if env.world_size > 1 and is_peer_failure(err):
             # One line instead of a gloo/NCCL stack: which rank went away, and that this one stops too.
-            raise JobError(f"rank {env.rank}: {describe_lost_peers()} during a collective "
+            raise JobError(f"rank {env.rank}: {describe_lost_peers(str(err))} during a collective "
                            f"({failure_reason(err)}); exiting") from None
         raise
     finally:
