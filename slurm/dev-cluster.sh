@@ -44,7 +44,7 @@ alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 install_packages() {
     local missing=()
-    for bin in slurmctld slurmd slurmdbd sinfo munged mariadbd; do
+    for bin in slurmctld slurmd slurmdbd sinfo munged mariadbd ip; do
         command -v "$bin" >/dev/null 2>&1 || [[ -x /usr/sbin/$bin ]] || missing+=("$bin")
     done
     ((${#missing[@]} == 0)) && return
@@ -53,7 +53,7 @@ install_packages() {
     apt-get update -qq
     # policy-rc.d keeps the packages' init scripts from starting daemons we configure ourselves.
     apt-get install -y -qq --no-install-recommends slurm-wlm slurmdbd munge mariadb-server \
-        mariadb-client procps >/dev/null
+        mariadb-client procps iproute2 >/dev/null
 }
 
 start_munge() {
@@ -243,6 +243,8 @@ make_node() {  # i: network namespace + veth on the bridge, UTS and mount namesp
 }
 
 make_nodes() {
+    unshare --net --uts --mount true 2>/dev/null ||
+        die "cannot create namespaces here (needs root with CAP_SYS_ADMIN and CAP_NET_ADMIN, e.g. a privileged container); --nodes 1 needs neither"
     install -d "$NS_DIR" "$NODE_LOCAL"
     # A persistent mount namespace may only be kept on a private mount.
     mountpoint -q "$NS_DIR" || mount --bind "$NS_DIR" "$NS_DIR"
