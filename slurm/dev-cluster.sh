@@ -200,7 +200,8 @@ check_state() {
         log "state of cluster '$old' moved aside to $aside"
         return 0
     fi
-    die "$STATE holds the state of another cluster, '$old' (slurmctld would stop with CLUSTER NAME MISMATCH); rerun with --reset to move it aside, or with DISTRIB_SLURM_CLUSTER=$old to run as that cluster"
+    die "$STATE holds the state of another cluster, '$old' (slurmctld would stop with CLUSTER NAME MISMATCH);" \
+        "rerun with --reset to move it aside, or with DISTRIB_SLURM_CLUSTER=$old to run as that cluster"
 }
 
 node_exec() {  # node, command...: in the node's network, UTS and mount namespaces, in this directory
@@ -244,7 +245,8 @@ make_node() {  # i: network namespace + veth on the bridge, UTS and mount namesp
 
 make_nodes() {
     unshare --net --uts --mount true 2>/dev/null ||
-        die "cannot create namespaces here (needs root with CAP_SYS_ADMIN and CAP_NET_ADMIN, e.g. a privileged container); --nodes 1 needs neither"
+        die "cannot create namespaces here (needs root with CAP_SYS_ADMIN and CAP_NET_ADMIN," \
+            "e.g. a privileged container); --nodes 1 needs neither"
     install -d "$NS_DIR" "$NODE_LOCAL"
     # A persistent mount namespace may only be kept on a private mount.
     mountpoint -q "$NS_DIR" || mount --bind "$NS_DIR" "$NS_DIR"
@@ -317,7 +319,8 @@ status_line() {
     nodes=$(sinfo -h -N -o '%N %t cpus=%c mem=%mMB' 2>/dev/null) || return 1
     [[ -n $nodes ]] || return 1
     sacctmgr -n list cluster >/dev/null 2>&1 || return 1
-    echo "slurm dev cluster $CLUSTER up: $(sinfo -h -o %P | head -1) ${nodes//$'\n'/, }; $(sinfo -V); sacct via slurmdbd"
+    echo "slurm dev cluster $CLUSTER up: $(sinfo -h -o %P | head -1) ${nodes//$'\n'/, };" \
+         "$(sinfo -V); sacct via slurmdbd"
 }
 
 parse_up_args() {

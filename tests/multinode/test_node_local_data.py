@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.launch.common import cancel, in_ci, job_env, sbatch, wait_job
-from tests.multinode.common import NODES, node_local, node_run, remove_node_local
+from tests.multinode.common import NO_DROPOUT, NODES, node_local, node_run, remove_node_local
 from tests.multinode.test_sbatch import TEMPLATE, TWO_NODES
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slurm, pytest.mark.slow]
@@ -61,7 +61,7 @@ def test_each_node_downloads_and_builds_its_own_data_once(tmp_path, ml100k_zip, 
     local = node_local("data")
     sha256 = hashlib.sha256(ml100k_zip.read_bytes()).hexdigest()
     args = ["data.name=ml-100k", "data.split=u1", f"data.base_url={base_url}", f"data.sha256={sha256}",
-            f"data.root={local}", "model.n_factors=8", "model.hidden=[16]", "train.batch_size=2048",
+            f"data.root={local}", "model.n_factors=8", "model.hidden=[16]", *NO_DROPOUT, "train.batch_size=2048",
             "train.epochs=1", "dist.timeout_s=60", f"run.dir={tmp_path / 'run'}"]
     log = tmp_path / "job.out"
     job = sbatch([*TWO_NODES, "--job-name=distrib-test-data", f"--output={log}", TEMPLATE, *args], job_env(tmp_path))
