@@ -8,11 +8,6 @@ from tests.launch.common import in_ci
 from tests.multinode.common import multinode_problem, reference_run
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "multinode: needs the two-node cluster (slurm/dev-cluster.sh --nodes 2)")
-    config.addinivalue_line("markers", "slow: launches processes or trains")
-
-
 @pytest.fixture(autouse=True)
 def two_node_cluster():
     problem = multinode_problem()
