@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.launch.common import in_ci
+from tests.helpers import skip_or_fail
 from tests.multinode.common import multinode_problem, reference_run
 
 
@@ -12,9 +12,7 @@ from tests.multinode.common import multinode_problem, reference_run
 def two_node_cluster():
     problem = multinode_problem()
     if problem:
-        if in_ci():
-            pytest.fail(f"CI=true but {problem}")
-        pytest.skip(problem)
+        skip_or_fail(problem)
 
 
 @pytest.fixture(scope="session")

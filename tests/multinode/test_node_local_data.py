@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.launch.common import cancel, in_ci, job_env, sbatch, wait_job
+from tests.helpers import skip_or_fail
+from tests.launch.common import cancel, job_env, sbatch, wait_job
 from tests.multinode.common import NO_DROPOUT, NODES, node_local, node_run, remove_node_local
 from tests.multinode.test_sbatch import TEMPLATE, TWO_NODES
 
@@ -25,8 +26,7 @@ def ml100k_zip(tmp_path) -> Path:
     root = os.environ.get("DISTRIB_TEST_DATA", "")
     source = Path(root) / "ml-100k"
     if not (source / "u.data").is_file():
-        problem = f"DISTRIB_TEST_DATA={root!r} has no ml-100k/u.data"
-        pytest.fail(problem) if in_ci() else pytest.skip(problem)
+        skip_or_fail(f"DISTRIB_TEST_DATA={root!r} has no ml-100k/u.data")
     path = tmp_path / "ml-100k.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
         for name in ("u.data", "u.item", "u.genre", "u1.base", "u1.test"):
