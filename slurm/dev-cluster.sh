@@ -6,7 +6,8 @@
 #   sudo slurm/dev-cluster.sh down                         # stop the daemons it started; remove the node namespaces
 #   sudo slurm/dev-cluster.sh exec NODE CMD [ARG ...]      # run CMD on a node: its network, hostname and mounts
 #
-# --nodes 1 (the default): one slurmd on this host, everything on 127.0.0.1.
+# --nodes 1 (the default, unless it was last brought up with more: a rerun keeps the shape): one slurmd on
+# this host, everything on 127.0.0.1.
 # --nodes N (2-9): N hosts node1..nodeN made of Linux namespaces. Each has its own network namespace
 # (address 10.77.0.1<i> on a bridge whose host side is 10.77.0.1, no route beyond it), its own hostname
 # (a UTS namespace) and its own mount namespace: an /etc/hosts naming every node, and a private tmpfs at
@@ -31,7 +32,7 @@ NS_DIR=/run/distrib-cluster  # the persistent UTS and mount namespaces, the node
 SUBNET=10.77.0
 BRIDGE=distrib-br0
 NODE_LOCAL=/srv/distrib-local  # a private tmpfs inside each node
-NODES=1
+NODES=  # from --nodes, else the count it was last brought up with ($RUN/nodes), else 1
 RESET=0
 ETC=/etc/slurm
 RUN=/run/slurm
@@ -342,6 +343,8 @@ main() {
     case $cmd in
         up)
             parse_up_args "$@"
+            # Without --nodes, keep the shape the cluster has: a plain rerun never turns two nodes into one.
+            [[ -n $NODES ]] || NODES=$(cat "$RUN/nodes" 2>/dev/null || echo 1)
             check_state  # before anything is stopped or rewritten
             install_packages
             start_munge
@@ -350,6 +353,7 @@ main() {
             ((NODES == 1)) || make_nodes
             start_daemons
             wait_idle
+            echo "$NODES" > "$RUN/nodes"
             status_line ;;
         status) status_line || { log "cluster not up"; exit 1; } ;;
         down)
