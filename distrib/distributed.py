@@ -129,15 +129,28 @@ def init_process_group(env: DistEnv, device: torch.device, backend: str, timeout
     )
 
 
-_PEERS: list[tuple[str, int]] = []  # (host, pid) of every rank, gathered once after the group forms
+_PEERS: list[tuple[str, int, str]] = []  # (host, pid, address) of every rank, gathered once the group forms
 
 
 def record_peers() -> None:
     _PEERS.clear()
     if dist.is_initialized():
         peers: list = [None] * dist.get_world_size()
-        dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+        dist.all_gather_object(peers, (socket.gethostname(), os.getpid(), _own_address()))
         _PEERS.extend(peers)
+
+
+def host_count() -> int:
+    """How many hosts the ranks run on (1 before the group forms)."""
+    return len({peer_host for peer_host, _, _ in _PEERS}) or 1
+
+
+def _own_address() -> str:
+    """The address gloo gives the other ranks (its default device is the one the hostname resolves to)."""
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return ""
 
 
 def is_peer_failure(err: BaseException) -> bool:
@@ -148,13 +161,20 @@ def is_peer_failure(err: BaseException) -> bool:
                                       "timed out", "NCCL", "gloo"))
 
 
-def describe_lost_peers(grace_s: float = 3.0) -> str:
-    """Which ranks are gone, as far as this host can tell (ranks on other hosts cannot be probed).
-
-    A killed rank's sockets close while it is still exiting, so it is given a moment to finish dying."""
+def describe_lost_peers(error: str = "", grace_s: float = 3.0) -> str:
+    """Which ranks are gone, as far as this rank can tell. A peer address in gloo's error ("Connection closed
+    by peer [10.0.0.2]:41234") that belongs to another host names that host and its ranks; it is read first,
+    because this host's other ranks see the same loss and exit on their own. Otherwise this host's ranks are
+    probed by process, each given a moment to finish dying (its sockets close while it is still exiting)."""
     host = socket.gethostname()
-    local = [(rank, pid) for rank, (peer_host, pid) in enumerate(_PEERS) if peer_host == host]
-    remote = [rank for rank, (peer_host, _) in enumerate(_PEERS) if peer_host != host]
+    peer = re.search(r"\[([0-9A-Fa-f.:]+)\]:\d+", error)
+    hosts = {peer_host for peer_host, _, address in _PEERS if peer and address == peer.group(1) and peer_host != host}
+    if len(hosts) == 1:
+        (gone,) = hosts
+        ranks = [rank for rank, (peer_host, _, _) in enumerate(_PEERS) if peer_host == gone]
+        return f"lost the connection to host {gone} (rank {', '.join(map(str, ranks))})"
+    local = [(rank, pid) for rank, (peer_host, pid, _) in enumerate(_PEERS) if peer_host == host]
+    remote = [rank for rank, (peer_host, _, _) in enumerate(_PEERS) if peer_host != host]
     deadline = time.monotonic() + grace_s
     while True:
         lost = [rank for rank, pid in local if not _alive(pid)]

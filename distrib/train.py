@@ -93,6 +93,7 @@ def run(cfg: Config, env: DistEnv, device) -> dict:
     import torch.distributed as dist
 
     from distrib.data import load_dataset
+    from distrib.distributed import host_count
     from distrib.rundir import RunDir
     from distrib.trainer import Trainer
     from distrib.tracking import build_tracker
@@ -110,7 +111,7 @@ def run(cfg: Config, env: DistEnv, device) -> dict:
         data = load_dataset(cfg.data)
         trainer = Trainer(cfg, env, device, data, run_dir)  # resumes, or refuses a mismatched checkpoint
         if env.is_main:
-            log.info("%s", header(cfg, env, device, data, trainer.model))
+            log.info("%s", header(cfg, env, device, data, trainer.model, host_count()))
             run_dir.write_text("config.yaml", dump_yaml(cfg))  # only once the inputs have proved good
         tracker = build_tracker(cfg.tracking, run_dir.path, to_dict(cfg), env.is_main)
         summary = trainer.fit(tracker)
@@ -174,7 +175,7 @@ def train(cfg: Config, print_config: bool = False) -> int:
     except RuntimeError as err:
         if env.world_size > 1 and is_peer_failure(err):
             # One line instead of a gloo/NCCL stack: which rank went away, and that this one stops too.
-            raise JobError(f"rank {env.rank}: {describe_lost_peers()} during a collective "
+            raise JobError(f"rank {env.rank}: {describe_lost_peers(str(err))} during a collective "
                            f"({failure_reason(err)}); exiting") from None
         raise
     finally:

@@ -118,3 +118,20 @@ def test_first_host(nodelist, first):
 def test_port_is_in_range_and_stable():
     assert port_from_job_id("123456") == port_from_job_id("123456")
     assert all(20000 <= port_from_job_id(str(j)) < 40000 for j in (0, 1, 19999, 20000, 10**9))
+
+
+def test_a_lost_remote_host_is_named_with_its_ranks_from_the_peer_address(monkeypatch):
+    import socket
+
+    from distrib import distributed
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "node1")
+    peers = [("node1", 11, "10.77.0.11"), ("node1", 12, "10.77.0.11"), ("node2", 21, "10.77.0.12"),
+             ("node2", 22, "10.77.0.12")]
+    monkeypatch.setattr(distributed, "_PEERS", peers)
+    error = "[gloo/transport/tcp/pair.cc:534] Connection closed by peer [10.77.0.12]:45679"
+    assert distributed.describe_lost_peers(error) == "lost the connection to host node2 (rank 2, 3)"
+    assert distributed.host_count() == 2
+    # No address to go by (a timeout): the remote ranks are listed as candidates, after this host's are probed.
+    monkeypatch.setattr(distributed, "_alive", lambda pid: True)
+    assert distributed.describe_lost_peers("Timed out", grace_s=0) == "lost a rank on another host (ranks [2, 3])"

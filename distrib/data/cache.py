@@ -52,9 +52,17 @@ def write_cache(folder: Path, arrays: dict[str, dict[str, np.ndarray] | None], u
         meta = {**meta, "splits": {s: arrays[s] is not None for s in SPLITS}}
         with open(tmp / META, "w") as f:  # written last: its presence marks the folder complete
             json.dump(meta, f, indent=1, default=str)
+        if is_complete(folder):
+            # Built meanwhile by a process whose lock this one could not see (nodes sharing a file system
+            # that does not pass flock between them): keep theirs, which readers may already have open.
+            return
         if folder.exists():  # a stale incomplete folder from an older crash (rename is atomic)
             shutil.rmtree(folder)
-        os.rename(tmp, folder)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not is_complete(folder):  # lost the same race in the last instant: theirs is as good
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -116,7 +116,13 @@ def _extract(zip_path: Path, root: Path, name: str, url: str) -> Path:
                             f"run again to re-download") from None
         inner = _inner_folder(tmp_dir, name)
         target = root / name
-        os.rename(inner, target)  # atomic on one filesystem: readers see all of it or nothing
+        try:
+            os.rename(inner, target)  # atomic on one filesystem: readers see all of it or nothing
+        except OSError:
+            found = dataset_folder(name, root)  # extracted meanwhile by a node whose lock this one did not see
+            if found is None:
+                raise
+            return found
         return target
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

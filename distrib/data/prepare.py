@@ -1,13 +1,17 @@
 """`load_dataset(cfg.data)`: locate or download the source, then build the cache once and open it.
 
 Every rank calls this. The first one to take the cache lock reads, encodes, splits and writes; the
-others block on the lock, then find the finished folder and only memory-map it.
+others block on the lock, then find the finished folder and only memory-map it. The lock is an flock
+beside the cache, so its reach is the file system's: on a node-local data.root one process per node
+builds; on a shared one, one process per job where the file system passes flock between nodes (NFSv4,
+Lustre with -o flock, and several namespaces on one kernel), else one per node, the first rename winning.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -129,7 +133,8 @@ def _build(cfg, source: Path | None, folder: Path, parts: dict) -> None:
             "n_ratings": len(enc.ratings), "rating_min": lo, "rating_max": hi, "counts": counts,
             "rating_mean": float(np.mean(enc.ratings, dtype=np.float64)), "n_duplicates": enc.n_duplicates,
             "has_timestamps": enc.timestamps is not None, "description": description, "key": parts,
-            "build_s": round(time.perf_counter() - start, 3)}
+            "build_s": round(time.perf_counter() - start, 3),
+            "built_by": {"host": socket.gethostname(), "pid": os.getpid()}}  # which process of which node
     write_cache(folder, arrays, enc.user_ids, enc.item_ids, enc.titles, enc.genres, meta)
 
 

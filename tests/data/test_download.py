@@ -114,3 +114,17 @@ def test_concurrent_processes_download_once(tmp_path, http_server, ml100k_zip):
     assert server.requests == ["/movielens/ml-100k.zip"]
     built = sorted(o[0].split()[-1] for o in outs)
     assert built == ["False", "True"]  # one prepared the cache, the other only opened it
+
+
+def test_extract_onto_a_folder_another_node_completed_meanwhile_keeps_it(tmp_path, ml100k_zip):
+    """Nodes sharing data.root on a file system that does not pass flock between them may both download:
+    the later one keeps the earlier complete folder."""
+    from distrib.data.download import _extract
+
+    root = tmp_path / "root"
+    done = write_ml100k(root / "ml-100k")
+    stamp = (done / "u.data").stat().st_mtime_ns
+    zip_path = tmp_path / "ml-100k.zip"
+    zip_path.write_bytes(ml100k_zip)
+    assert _extract(zip_path, root, "ml-100k", "http://x/ml-100k.zip") == done
+    assert (done / "u.data").stat().st_mtime_ns == stamp and [p.name for p in root.iterdir()] == ["ml-100k"]

@@ -108,3 +108,21 @@ def test_default_cache_is_under_a_writable_root_and_never_in_a_read_only_one(tmp
         assert len(said) == 1 and str(tmp_path / "xdg" / "distrib") in said[0], said
     finally:
         shared.chmod(0o755)
+
+
+def test_a_cache_completed_meanwhile_elsewhere_is_kept(tmp_path):
+    """Two nodes whose lock does not reach each other (a shared file system without flock across clients)
+    both build: the second writer keeps the first complete folder, which readers may have open."""
+    import os
+    import socket
+
+    from distrib.data.cache import write_cache
+
+    data = load_dataset(cfg_for(tmp_path, synthetic=SMALL))
+    folder = data.cache_dir
+    assert data.info["built_by"] == {"host": socket.gethostname(), "pid": os.getpid()}
+    stamp = (folder / "meta.json").stat().st_mtime_ns
+    arrays = {"train": {"ratings": np.zeros(3, np.float32)}, "val": None, "test": None}
+    write_cache(folder, arrays, np.arange(2), np.arange(2), None, None, {"late": True})
+    assert (folder / "meta.json").stat().st_mtime_ns == stamp and "late" not in (folder / "meta.json").read_text()
+    assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == [f".{folder.name}.lock"]
