@@ -50,7 +50,8 @@ def header(cfg, env, device, data, model, hosts: int = 1) -> str:
     lines = [
         f"data: {data.description}",
         f"model: {describe_model(cfg.model, model)} | world size {env.world_size} on {device} ({env.launcher}), "
-        f"{cfg.train.precision} | {plural(hosts, 'host')}, master {env.master_addr}:{env.master_port}",
+        f"{cfg.train.precision}" + (f" | {plural(hosts, 'host')}, master {env.master_addr}:{env.master_port}"
+                                    if env.world_size > 1 else ""),
         f"run.dir: {cfg.run.dir} (full config in its config.yaml; {PRINT_CONFIG_FLAG} prints it here)",
         textwrap.fill(f"changed from the defaults: {changed}", WIDTH, subsequent_indent="  ",
                       break_on_hyphens=False),
