@@ -101,6 +101,8 @@ def run(cfg: Config, env: DistEnv, device) -> dict:
     try:
         data = load_dataset(cfg.data)
         log.info("%s | world size %d on %s (%s)", data.description, env.world_size, device, env.launcher)
+        if cfg.dist.embedding_sharding != "none":  # tables sharded across ranks with TorchRec
+            from distrib.sharded_trainer import ShardedTrainer as Trainer  # noqa: N814
         trainer = Trainer(cfg, env, device, data, run_dir)  # resumes, or refuses a mismatched checkpoint
         if env.is_main:
             run_dir.write_text("config.yaml", dump_yaml(cfg))  # only once the inputs have proved good
@@ -146,6 +148,10 @@ def train(cfg: Config) -> int:
 
     env = resolve_env()
     check_world(cfg, env)
+    if cfg.dist.embedding_sharding != "none":  # TorchRec importable, options it supports: before any rank waits
+        from distrib.sharded_trainer import check_sharding_config
+
+        check_sharding_config(cfg)
     setup_logging(env)
     device = select_device(cfg.train.device, env.local_rank)
     init_process_group(env, device, cfg.dist.backend, cfg.dist.timeout_s)
