@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -113,7 +114,9 @@ def load_model_only(dmp, wrapper, path: Path) -> None:
 def read_model_state(path: Path, model: nn.Module) -> dict:
     """One process, no process group: the unsharded model's state dict from a sharded checkpoint."""
     state = {f"model.{k}": torch.empty_like(v) for k, v in model.state_dict().items()}
-    dcp.load(state, checkpoint_id=path, no_dist=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "assuming the intent is to load in a single process": it is
+        dcp.load(state, checkpoint_id=path, no_dist=True)
     return {k[len("model."):]: v for k, v in state.items()}
 
 
