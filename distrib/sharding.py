@@ -28,8 +28,8 @@ from torch import nn
 from distrib.errors import UserError
 
 SHARDING_MODES = ("none", "row_wise", "table_wise", "auto")
-INSTALL_HINT = ("pip install -e '.[torchrec]' (CPU; on CUDA install torchrec==1.8.0 and fbgemm-gpu==1.8.0 "
-                "from the PyTorch index matching your torch build instead)")
+INSTALL_HINT = ("pip install -e '.[torchrec]' && pip install --no-deps torchrec==1.8.0 (on CUDA: fbgemm-gpu==1.8.0 "
+                "for your CUDA build in place of fbgemm-gpu-cpu)")
 
 
 def require_torchrec(mode: str) -> None:
