@@ -16,6 +16,7 @@ from distrib.config import load_config
 from distrib.models import build_model
 from distrib.sharded_checkpoint import read_meta, read_model_state
 from tests.helpers import REPO, check_ok, clean_env, metrics, summary, tiny, train_cli, weights
+from tests.wandb_records import read_wandb_run
 
 pytestmark = pytest.mark.slow
 NO_DROPOUT = ["model.dropouts=[0]", "model.embedding_dropout=0"]
@@ -39,7 +40,8 @@ def test_sharded_weights_equal_replicated_on_1_2_3_ranks_and_readers_need_no_gro
     reference = weights(tmp_path / "replicated/checkpoints/last.pt")
     runs = {"s1": (0, "row_wise"), "s2": (2, "row_wise"), "s3": (3, "table_wise")}
     for name, (nproc, mode) in runs.items():
-        check_ok(train_cli(tiny(tmp_path, name, *args, f"dist.embedding_sharding={mode}"), nproc=nproc))
+        extra = ["tracking.mode=offline"] if name == "s2" else []
+        check_ok(train_cli(tiny(tmp_path, name, *args, *extra, f"dist.embedding_sharding={mode}"), nproc=nproc))
         diff = rel_l2(reference, sharded_weights(tmp_path / name))
         print(f"{name} ({mode}): max relative L2 distance to replicated {diff:.2e}")
         assert diff <= 1e-4
@@ -48,7 +50,10 @@ def test_sharded_weights_equal_replicated_on_1_2_3_ranks_and_readers_need_no_gro
     run = tmp_path / "s2"
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["best.dcp", "last.1.dcp", "last.dcp"], names  # the rotation contract, no temp dirs left
-    assert (run / "plots").is_dir() and any((run / "plots").iterdir()), "PCA plot from the gathered tables"
+    record = read_wandb_run(run)  # the PCA plot and the movie-embedding table from the gathered tables
+    assert any("plots/embedding_pca" in row for row in record["history"])
+    tables = [row["embeddings/movies"] for row in record["history"] if "embeddings/movies" in row]
+    assert tables and (run / "plots" / "embedding_pca.png").is_file()
     proc = check_ok(subprocess.run([sys.executable, "-m", "distrib.evaluate", str(run), "--json"], cwd=REPO,
                                    env=clean_env(), capture_output=True, text=True, timeout=120))
     assert json.loads(proc.stdout)["rmse"] == pytest.approx(summary(run)["test_rmse"], rel=1e-6)
@@ -118,3 +123,20 @@ def test_a_rank_killed_inside_sharded_training_ends_the_other_in_one_line(tmp_pa
             p.kill()
     assert procs[0].returncode != 0
     assert "lost rank 1" in err and err.count("distrib: error:") == 1, err[-2000:]
+
+
+def test_nan_on_one_rank_stops_a_sharded_job_before_saving(tmp_path):
+    env = clean_env() | {"DISTRIB_FAULT_NAN": "1:20"}  # 17 steps an epoch: in the second epoch
+    proc = train_cli(tiny(tmp_path, "run", "dist.embedding_sharding=row_wise"), nproc=2, env=env)
+    assert proc.returncode != 0 and "NaN or Inf at step 20 on rank 1" in proc.stderr, proc.stderr[-2000:]
+    assert read_meta(tmp_path / "run/checkpoints/last.dcp")["progress"]["epoch"] == 1
+
+
+def test_sharded_refit_trains_a_second_phase_and_evaluates_it(tmp_path):
+    args = tiny(tmp_path, "run", "dist.embedding_sharding=row_wise", "train.epochs=4", "train.patience=2",
+                "train.refit=true")
+    check_ok(train_cli(args, nproc=2))
+    refit = tmp_path / "run" / "refit"
+    assert (refit / "checkpoints" / "last.dcp").is_dir()
+    assert summary(refit)["epochs_run"] == summary(tmp_path / "run")["best_epoch"]
+    assert summary(refit)["test_rmse"] > 0
