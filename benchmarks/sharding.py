@@ -1,8 +1,8 @@
 """Issue 12: embedding tables sharded with TorchRec against replicated DDP, side by side in one run.
 
-    python benchmarks/sharding.py                      # ml-25m shape, 2 gloo ranks x 1 thread, ~5 min
-    python benchmarks/sharding.py --steps 5 --users 20000 --movies 8000      # a smaller, quicker shape
-    python benchmarks/sharding.py --accuracy           # also test RMSE, sharded vs replicated, real data
+    python -m benchmarks.sharding                      # ml-25m shape, 2 gloo ranks x 1 thread, ~5 min
+    python -m benchmarks.sharding --steps 5 --users 20000 --movies 8000      # a smaller, quicker shape
+    python -m benchmarks.sharding --accuracy           # also test RMSE, sharded vs replicated, real data
 
 Per mode, on 2 real gloo ranks (1 thread each), EmbeddingNet with `--factors` factors on synthetic ids of the
 given shape (uniform over users and movies), global batch `--batch`, torch's fused Adam:
@@ -79,9 +79,9 @@ def worker(rank: int, world_size: int, port: int, args, out_dir: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    from distrib.model import EmbeddingNet
+    from distrib.distributed import wrap_ddp
+    from distrib.models import EmbeddingNet
     from distrib.sharding import build_sharded, embedding_bytes
-    from distrib.trainer import wrap_ddp
 
     torch.manual_seed(0)
     model = EmbeddingNet(args.users, args.movies, args.factors, [100, 100], [0.0, 0.0], 0.0, 1, 5)
@@ -152,8 +152,10 @@ def accuracy(seeds: list[int], epochs: int) -> None:
                            "-m", "distrib.train", "configs/ml-100k-article.yaml", *extra, f"train.seed={seed}",
                            f"train.epochs={epochs}", f"run.dir={tmp}/run", f"dist.embedding_sharding={mode}",
                            *([f"data.root={data}"] if data else [])]
-                    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True,
-                                   env=os.environ | {"OMP_NUM_THREADS": "1"})
+                    proc = subprocess.run(cmd, cwd=REPO, check=False, capture_output=True, text=True,
+                                          env=os.environ | {"OMP_NUM_THREADS": "1"})
+                    if proc.returncode:
+                        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
                     rmse[mode] = json.loads((Path(tmp) / "run/summary.json").read_text())["test_rmse"]
             print(f"  {label:16s} seed {seed}: replicated {rmse['none']:.4f}  row_wise {rmse['row_wise']:.4f}  "
                   f"difference {rmse['row_wise'] - rmse['none']:+.6f}", flush=True)

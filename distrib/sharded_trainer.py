@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 
 from distrib import sharded_checkpoint as sckpt
-from distrib.errors import UserError
 from distrib.distributed import bf16_allreduce_hook
+from distrib.errors import UserError
 from distrib.metrics import error_sums, from_sums
 from distrib.models import build_model, build_penalty
 from distrib.sampler import shard_bounds

@@ -36,7 +36,7 @@ def require_torchrec(mode: str) -> None:
     try:
         import fbgemm_gpu  # noqa: F401
         import torchrec  # noqa: F401
-    except Exception as err:  # ImportError, or OSError from a CUDA fbgemm build on a CPU-only torch
+    except Exception as err:  # noqa: BLE001 (ImportError, or OSError/RuntimeError from a CUDA fbgemm on a CPU torch)
         raise UserError(f"dist.embedding_sharding={mode} needs TorchRec and FBGEMM ({type(err).__name__}: "
                         f"{str(err).splitlines()[0][:80] if str(err) else ''}); install them: {INSTALL_HINT}") from None
 
@@ -154,7 +154,11 @@ def _sharder():
 
 
 def _plan(wrapper: ShardedLookupModel, sharder, mode: str, device: torch.device):
-    from torchrec.distributed.sharding_plan import construct_module_sharding_plan, row_wise, table_wise
+    from torchrec.distributed.sharding_plan import (
+        construct_module_sharding_plan,
+        row_wise,
+        table_wise,
+    )
     from torchrec.distributed.types import ShardingPlan
 
     world_size = dist.get_world_size()
@@ -227,7 +231,7 @@ def table_state_keys(dmp: nn.Module, wrapper: ShardedLookupModel) -> dict[str, s
 def _copy_initial_weights(dmp: nn.Module, wrapper: ShardedLookupModel) -> None:
     """Each shard takes its rows (and columns) of the model's seeded initial table: the same start as replicated."""
     state = dmp.state_dict()
-    for dmp_key, _ in table_state_keys(dmp, wrapper).items():
+    for dmp_key in table_state_keys(dmp, wrapper):
         name = dmp_key.split(".")[-2]
         full = wrapper.initial[name]
         for shard in state[dmp_key].local_shards():
