@@ -46,7 +46,8 @@ class ShardedTrainer(Trainer):
     def _build_parallel(self) -> None:
         cfg = self.cfg
         check_sharding_config(cfg)
-        self.ddp, self.wrapper = build_sharded(self.model, cfg.model.name, cfg.dist.embedding_sharding, self.device)
+        self.ddp, self.wrapper = build_sharded(self.model, cfg.model.name, cfg.dist.embedding_sharding, self.device,
+                                               cfg.dist.bucket_cap_mb)
         if cfg.dist.grad_compression == "bf16":
             self.ddp._dmp_wrapped_module.register_comm_hook(None, bf16_allreduce_hook)
         self.penalty = build_penalty(cfg.model, self.model)  # after sharding: it reads the tables' slots

@@ -122,10 +122,11 @@ class ShardedLookupModel(nn.Module):
 
 # ---- sharding: plan, DMP, the CPU kernel fix, initial weights, full tables back --------------------------
 
-def build_sharded(model: nn.Module, model_name: str, mode: str, device: torch.device):
-    """DMP around the model with its tables sharded per `mode`; returns (dmp, wrapper)."""
+def build_sharded(model: nn.Module, model_name: str, mode: str, device: torch.device, bucket_cap_mb: float = 25.0):
+    """DMP around the model with its tables sharded per `mode` and the rest in DDP (`bucket_cap_mb`, as
+    `dist.bucket_cap_mb`); returns (dmp, wrapper)."""
     from torchrec.distributed import comm_ops
-    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
     from torchrec.distributed.types import ShardingEnv
 
     comm_ops.set_gradient_division(True)  # the tables' gradients averaged over ranks, as DDP's are
@@ -134,7 +135,8 @@ def build_sharded(model: nn.Module, model_name: str, mode: str, device: torch.de
     sharder = _sharder()
     plan = _plan(wrapper, sharder, mode, device)
     dmp = DistributedModelParallel(wrapper, env=ShardingEnv.from_process_group(world), device=device,
-                                   plan=plan, sharders=[sharder])
+                                   plan=plan, sharders=[sharder],
+                                   data_parallel_wrapper=DefaultDataParallelWrapper(bucket_cap_mb=bucket_cap_mb))
     _fix_cpu_sequence_kernels(dmp)
     _copy_initial_weights(dmp, wrapper)
     return dmp, wrapper
