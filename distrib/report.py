@@ -14,7 +14,8 @@ def finish_run(trainer, tracker, summary: dict) -> None:
     data, step = trainer.data, trainer.progress.step
     steps, lrs = schedule_curve(trainer.cfg.train, trainer.steps_per_epoch, max(step, 1))
     counts = movie_counts(data.n_items, data.train.items)
-    model = trainer.model if getattr(trainer, "report_model", None) is None else trainer.report_model  # sharded: gathered
+    # sharded tables (distrib.sharded_trainer): the whole model, gathered to rank 0
+    model = trainer.model if getattr(trainer, "report_model", None) is None else trainer.report_model
     vectors = model.item_vectors().detach().float().cpu().numpy()
     titles = data.titles or [str(raw) for raw in data.item_ids]
     images, ends = write_run_plots(trainer.run.plots, trainer.metrics, steps, lrs, vectors, titles, counts)
