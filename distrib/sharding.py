@@ -52,7 +52,8 @@ def discover_tables(model: nn.Module, model_name: str) -> list[tuple[str, str, s
         for role, table in tables.items():
             found.append((prefix + role, paths[id(table)], "user" if role.startswith("user") else "item"))
             named.add(id(table))
-    stray = [path for path, module in model.named_modules() if isinstance(module, nn.Embedding) and id(module) not in named]
+    stray = [path for path, module in model.named_modules()
+             if isinstance(module, nn.Embedding) and id(module) not in named]
     if stray:
         raise UserError(f"dist.embedding_sharding: table {stray[0]} is not among the model's embedding_tables(); "
                         "it cannot be sharded")
