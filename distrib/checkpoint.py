@@ -104,15 +104,18 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.
     if not config_path.is_file():
         raise UserError(f"{run_dir}: no config.yaml, not a distrib run directory")
     ckpt_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    if not ckpt_path.is_file():
+    sharded = run_dir / "checkpoints" / f"{checkpoint}.dcp"  # a run with dist.embedding_sharding (a DCP directory)
+    if not ckpt_path.is_file() and sharded.is_dir():
+        ckpt_path = sharded
+    elif not ckpt_path.is_file():
         raise UserError(f"{run_dir}: no checkpoint {ckpt_path.name} in checkpoints/ (has the run finished an epoch?)")
     if (run_dir / "refit" / "checkpoints" / ckpt_path.name).is_file():
         print(f"note: {run_dir / 'refit'} holds this run's refit model (train.refit); pass that directory to use it",
               file=sys.stderr)
     cfg = load_config(str(config_path))
-    weights = read_weights(ckpt_path)
     data = load_dataset(cfg.data)
     model = build_model(cfg.model, data.n_users, data.n_items, data.rating_min, data.rating_max)
+    weights = read_sharded_weights(ckpt_path, model) if ckpt_path.is_dir() else read_weights(ckpt_path)
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
@@ -120,6 +123,20 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.
                         f"({describe_mismatch(err)})") from None
     torch_device = torch.device(device)
     return LoadedRun(cfg, model.to(torch_device).eval(), data, ckpt_path, torch_device)
+
+
+def read_sharded_weights(path: Path, model: torch.nn.Module) -> dict:
+    """The whole tables of a sharded run's DCP checkpoint, read in this one process (no process group)."""
+    from distrib.sharded_checkpoint import is_complete, read_model_state
+
+    if not is_complete(path):
+        raise UserError(f"{path}: incomplete sharded checkpoint (no .metadata or meta.pt)")
+    try:
+        return read_model_state(path, model)
+    except Exception as err:  # noqa: BLE001 (DCP reports a missing key or a size mismatch in one exception)
+        text = str(err).strip()
+        raise UserError(f"{path}: does not fit the model that config.yaml describes "
+                        f"({text.splitlines()[-1][:200] if text else type(err).__name__})") from None
 
 
 def read_weights(path: Path) -> dict:

@@ -176,6 +176,9 @@ class DistConfig(Section):
     grad_compression: Literal["none", "bf16"] = option("none", "bf16: gradients averaged in bf16 on the wire "
                                                                "(half the bytes)",
                                                        changeable=True)
+    embedding_sharding: Literal["none", "row_wise", "table_wise", "auto"] = option(
+        "none", "none: whole tables on every rank (DDP); row_wise, table_wise, auto (TorchRec's planner): tables "
+                "sharded across ranks with TorchRec, the rest in DDP (docs/sharding.md; needs the [torchrec] extra)")
 
 
 @dataclass

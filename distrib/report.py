@@ -14,7 +14,9 @@ def finish_run(trainer, tracker, summary: dict) -> None:
     data, step = trainer.data, trainer.progress.step
     steps, lrs = schedule_curve(trainer.cfg.train, trainer.steps_per_epoch, max(step, 1))
     counts = movie_counts(data.n_items, data.train.items)
-    vectors = trainer.model.item_vectors().detach().float().cpu().numpy()
+    # sharded tables (distrib.sharded_trainer): the whole model, gathered to rank 0
+    model = trainer.model if getattr(trainer, "report_model", None) is None else trainer.report_model
+    vectors = model.item_vectors().detach().float().cpu().numpy()
     titles = data.titles or [str(raw) for raw in data.item_ids]
     images, ends = write_run_plots(trainer.run.plots, trainer.metrics, steps, lrs, vectors, titles, counts)
     tracker.log_images(step, images)
@@ -25,5 +27,6 @@ def finish_run(trainer, tracker, summary: dict) -> None:
     tracker.set_summary(summary | {f"pca/{k}_{side}": ", ".join(v[side][:5])
                                    for k, v in ends.items() for side in ("low", "high")})
     best = trainer.run.checkpoints / "best.pt"
+    best = best if best.exists() else trainer.run.checkpoints / "best.dcp"  # a sharded run's (a directory)
     if best.exists():
         tracker.log_artifact(best, name="model", type="model")

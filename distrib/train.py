@@ -109,6 +109,8 @@ def run(cfg: Config, env: DistEnv, device) -> dict:
     tracker = None
     try:
         data = load_dataset(cfg.data)
+        if cfg.dist.embedding_sharding != "none":  # tables sharded across ranks with TorchRec
+            from distrib.sharded_trainer import ShardedTrainer as Trainer  # noqa: N814
         trainer = Trainer(cfg, env, device, data, run_dir)  # resumes, or refuses a mismatched checkpoint
         if env.is_main:
             log.info("%s", header(cfg, env, device, data, trainer.model, host_count()))
@@ -155,6 +157,10 @@ def train(cfg: Config, print_config: bool = False) -> int:
 
     env = resolve_env()
     check_world(cfg, env)
+    if cfg.dist.embedding_sharding != "none":  # TorchRec importable, options it supports: before any rank waits
+        from distrib.sharded_trainer import check_sharding_config
+
+        check_sharding_config(cfg)
     setup_logging(env)
     device = select_device(cfg.train.device, env.local_rank)
     init_process_group(env, device, cfg.dist.backend, cfg.dist.timeout_s)

@@ -73,22 +73,27 @@ class Trainer:
         self.model = build_model(cfg.model, data.n_users, data.n_items, data.rating_min, data.rating_max).to(device)
         if self.model.needs_train_ratings:  # its input is the training rating matrix (autorec)
             self.model.attach_train(data.train)
-        self.penalty = build_penalty(cfg.model, self.model)  # None: plain MSE
-        self.optimizer = build_optimizer(self.model, cfg, device)
-        self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
         self.early = EarlyStopping(cfg.train.patience)
         self.guard = DivergenceGuard(env.rank, device)
         self.progress = Progress()
         self.metrics: list[dict] = []
         self.members = 1  # predictions per rating in training: an ensemble's members each give one
+        self._build_parallel()
+        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
+                         if cfg.train.precision == "bf16" else nullcontext())
+
+    def _build_parallel(self) -> None:
+        """Penalty, optimizer, schedule, resume, DDP (distrib.sharded_trainer overrides this for sharded tables)."""
+        cfg = self.cfg
+        self.penalty = build_penalty(cfg.model, self.model)  # None: plain MSE
+        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
         self._resume()  # before the DDP wrap, so every rank starts from the loaded weights
         if cfg.train.compile:
             # The module, not the DDP wrapper: the same compiled graph serves training and evaluate, and DDP
             # stays eager (no graph split at bucket boundaries). state_dict keys are unchanged.
             self.model.compile()
-        self.ddp = wrap_ddp(self.model, device, cfg.dist)
-        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
-                         if cfg.train.precision == "bf16" else nullcontext())
+        self.ddp = wrap_ddp(self.model, self.device, cfg.dist)
 
     # ---- resume -------------------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -102,6 +107,10 @@ class Trainer:
             raise UserError(f"run.dir {self.run.path}: {path.name} holds a different model "
                             f"({ckpt.describe_mismatch(err)}); use a new run.dir or the config it was trained with") from None
         self.optimizer.load_state_dict(state["optimizer"])
+        self._load_meta_state(state, path)
+
+    def _load_meta_state(self, state: dict, path) -> None:
+        """Everything of a checkpoint but model and optimizer."""
         self.scheduler.load_state_dict(state["scheduler"])
         self.early.load_state_dict(state["early_stopping"])
         self.early.patience = self.cfg.train.patience  # may change on resume: it applies from here on
@@ -113,9 +122,10 @@ class Trainer:
         log.info("resumed from %s at epoch %d (step %d)", path, self.progress.epoch, self.progress.step)
 
     def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **self.meta_state()}
+
+    def meta_state(self) -> dict:
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "early_stopping": self.early.state_dict(),
             "progress": vars(self.progress).copy(),

@@ -31,11 +31,12 @@ def build_penalty(cfg: ModelConfig, model: RatingModel) -> Penalty | None:
     factor_reg, bias_reg = cfg.factor_reg, cfg.bias_reg
     if factor_reg == 0 and bias_reg == 0:
         return None
-    tables = model.embedding_tables()
-    user, movie = tables["user"], tables["movie"]
-    user_bias, movie_bias = tables.get("user_bias"), tables.get("movie_bias")
 
     def penalty(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        # Tables looked up at each call: sharded tables (distrib.sharding) take their place after this is built
+        tables = model.embedding_tables()
+        user, movie = tables["user"], tables["movie"]
+        user_bias, movie_bias = tables.get("user_bias"), tables.get("movie_bias")
         total = factor_reg * (user(users).float().pow(2).sum() + movie(items).float().pow(2).sum())
         if bias_reg and user_bias is not None and movie_bias is not None:
             total = total + bias_reg * (user_bias(users).float().pow(2).sum() + movie_bias(items).float().pow(2).sum())

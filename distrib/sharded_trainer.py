@@ -1,0 +1,120 @@
+"""The training loop with embedding tables sharded by TorchRec (`dist.embedding_sharding` = row_wise,
+table_wise or auto): `distrib.trainer.Trainer`'s loop, schedule, early stopping, NaN stop and outputs, with
+the model under `DistributedModelParallel` (`distrib.sharding`) and checkpoints in DCP
+(`distrib.sharded_checkpoint`).
+
+What differs from the replicated trainer: every forward is a collective (an all-to-all of ids and rows), so
+validation runs the same number of batches on every rank (a rank past its share looks up one padding pair);
+the best weights are loaded into the sharded model itself for the test metrics; and the whole tables are
+gathered to rank 0 once at the end for the PCA plot and the W&B embedding table (`report_model`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.distributed as dist
+
+from distrib import sharded_checkpoint as sckpt
+from distrib.distributed import bf16_allreduce_hook
+from distrib.errors import UserError
+from distrib.metrics import error_sums, from_sums
+from distrib.models import build_model, build_penalty
+from distrib.sampler import shard_bounds
+from distrib.schedule import build_scheduler
+from distrib.sharding import build_sharded, dense_state, gather_tables, require_torchrec
+from distrib.trainer import EVAL_BATCH, DeviceSplit, Trainer, build_optimizer
+
+log = logging.getLogger("distrib")
+
+
+def check_sharding_config(cfg) -> None:
+    """The sharded trainer's own limits, checked on every rank before any collective."""
+    mode = cfg.dist.embedding_sharding
+    require_torchrec(mode)
+    if cfg.train.compile:
+        raise UserError(f"train.compile: not supported with dist.embedding_sharding={mode} (TorchRec's sharded "
+                        "modules run eager); set train.compile=false")
+    if cfg.train.precision != "fp32":
+        raise UserError(f"train.precision={cfg.train.precision}: dist.embedding_sharding={mode} trains in fp32 only")
+
+
+class ShardedTrainer(Trainer):
+    report_model: torch.nn.Module | None = None  # rank 0, after fit: the whole model for plots and W&B
+
+    def _build_parallel(self) -> None:
+        cfg = self.cfg
+        check_sharding_config(cfg)
+        self.ddp, self.wrapper = build_sharded(self.model, cfg.model.name, cfg.dist.embedding_sharding, self.device,
+                                               cfg.dist.bucket_cap_mb)
+        if cfg.dist.grad_compression == "bf16":
+            self.ddp._dmp_wrapped_module.register_comm_hook(None, bf16_allreduce_hook)
+        self.penalty = build_penalty(cfg.model, self.model)  # after sharding: it reads the tables' slots
+        self.optimizer = build_optimizer(self.ddp, cfg, self.device)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
+        self._resume()
+
+    def _resume(self) -> None:
+        ckpt_dir = self.run.checkpoints
+        for path in sckpt.candidates(ckpt_dir):
+            if not sckpt.is_complete(path):
+                log.warning("checkpoint %s is incomplete; trying the previous one", path)
+                continue
+            meta = sckpt.load(self.ddp, self.wrapper, self.optimizer, path)
+            self._load_meta_state(meta, path)
+            return
+        if (ckpt_dir / "last.pt").exists():
+            raise UserError(f"run.dir {self.run.path}: holds a replicated run's checkpoints (last.pt); resume it with "
+                            "dist.embedding_sharding=none, or use a new run.dir")
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError("sharded state is saved with distrib.sharded_checkpoint")
+
+    def _save(self, improved: bool) -> None:
+        if self.env.is_main:
+            self.run.write_metrics(self.metrics)  # first: a death before the checkpoint replays this epoch
+        sckpt.save(self.ddp, self.wrapper, self.optimizer, self.meta_state(), self.run.checkpoints, improved,
+                   keep=self.cfg.run.keep_checkpoints)
+
+    def evaluate(self, split: DeviceSplit, model: torch.nn.Module | None = None) -> dict:
+        return lockstep_metrics(self.ddp, split, self.env.rank, self.env.world_size)
+
+    def finish(self) -> dict:
+        self.report_model = self._gather_model()  # the last weights, as the replicated trainer reports
+        return super().finish()
+
+    def _load_best(self) -> torch.nn.Module:
+        best = self.run.checkpoints / "best.dcp"
+        if sckpt.is_complete(best):
+            sckpt.load_model_only(self.ddp, self.wrapper, best)  # training is over: the live model may take it
+        return self.ddp
+
+    def _gather_model(self) -> torch.nn.Module | None:
+        tables = gather_tables(self.ddp, self.wrapper)  # a collective
+        if not self.env.is_main:
+            return None
+        data = self.data
+        model = build_model(self.cfg.model, data.n_users, data.n_items, data.rating_min, data.rating_max)
+        model.load_state_dict(dense_state(self.ddp) | tables)
+        return model.eval()
+
+
+@torch.no_grad()
+def lockstep_metrics(dmp: torch.nn.Module, split: DeviceSplit, rank: int, world_size: int) -> dict:
+    """Exact RMSE/MAE over the whole split, as `distrib.trainer.sharded_metrics`, but every rank runs the same
+    number of forward passes (each one is an all-to-all): a rank whose share is done looks up a padding pair."""
+    dmp.eval()
+    device = split.ratings.device
+    lo, hi = shard_bounds(len(split), rank, world_size)
+    largest = shard_bounds(len(split), 0, world_size)[1]  # rank 0's share is never smaller than another's
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for chunk in range(math.ceil(largest / EVAL_BATCH)):
+        start = lo + chunk * EVAL_BATCH
+        stop = min(start + EVAL_BATCH, hi)
+        if stop <= start:
+            dmp(split.users[:1], split.items[:1])
+            continue
+        sums += error_sums(dmp(split.users[start:stop], split.items[start:stop]), split.ratings[start:stop])
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    return from_sums(sums)
