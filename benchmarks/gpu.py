@@ -10,6 +10,8 @@ Parts (each in its own time limit; logs and figures under --out):
   files needed); ml-25m size means its embedding tables (162,541 users, 59,047 items: 33 M of the model's 34 M
   parameters, updated densely every step); the timed epoch covers `--ratings` random ratings of that id space,
   since the step cost does not depend on the epoch's length.
+- large-batch: the article's model at ml-25m's shape, global batch 2k/32k/256k, eager against the captured step
+  (train.cuda_graph): samples/s and share of the bf16 rate (`benchmarks.gpu_large_batch`).
 - ddp: a 1-process NCCL DDP run under torchrun: ms/step with and without gradient sync, all_reduce of the grads.
 - e2e: the real job end to end on CUDA under torchrun (NCCL, bf16): the quick start, then configs/ml-100k.yaml
   (I-AutoRec + MF with its refit phase) on ml-100k u1 from --data-root.
@@ -146,7 +148,7 @@ def hot_loop(args) -> None:
     print("JSON " + json.dumps({"rates": rates, "rows": rows}))
 
 
-FIGURES = ("world size", "done:", "refit:", "samples/s", "speedup", "x loop", "ranks", "article loop", "distrib ",
+FIGURES = ("batch ", "world size", "done:", "refit:", "samples/s", "speedup", "x loop", "ranks", "article loop", "distrib ",
            "sync", "DDP nccl", "measured matmul")
 
 
@@ -179,6 +181,7 @@ def run_parts(args) -> int:
         "hot-loop": lambda: step("hot-loop", 200, [py, "-m", "benchmarks.gpu", "--hot-loop", "--device", args.device,
                                                    "--sizes", *args.sizes, "--variants", *args.variants,
                                                    "--ratings", str(args.ratings)], out),
+        "large-batch": lambda: step("large-batch", 240, [py, "-m", "benchmarks.gpu_large_batch"], out),
         "ddp": lambda: step("ddp", 90, [*torchrun, "-m", "benchmarks.gpu", "--ddp", "--sizes", *args.sizes], out),
         "e2e": lambda: step("quickstart-cuda", 150, [*torchrun, "-m", "distrib.train", "configs/quickstart.yaml",
                                                      "train.device=cuda", "train.precision=bf16",
@@ -198,8 +201,8 @@ def run_parts(args) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", default=["hot-loop", "ddp", "e2e", "cpu"],
-                        choices=["hot-loop", "ddp", "e2e", "cpu"])
+    parser.add_argument("--parts", nargs="+", default=["hot-loop", "large-batch", "ddp", "e2e", "cpu"],
+                        choices=["hot-loop", "large-batch", "ddp", "e2e", "cpu"])
     parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("DISTRIB_TEST_DATA", "data")).resolve(),
                         help="holds ml-100k/ (e2e and cpu parts)")
     parser.add_argument("--out", default=os.environ.get("OUT") or "/tmp/distrib-gpu", help="logs and runs")

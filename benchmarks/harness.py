@@ -17,6 +17,7 @@ import torch
 from distrib.config import Config, load_config
 from distrib.data import PreparedData, load_dataset
 from distrib.distributed import DistEnv
+from distrib.precision import native_bf16
 from distrib.rundir import RunDir
 from distrib.tracking import NullTracker
 from distrib.trainer import Trainer, to_device
@@ -57,13 +58,15 @@ class TimedTrainer(Trainer):
         self.reached_s: float | None = None
         self.epoch_rows: list[dict] = []
         self.train_s = 0.0  # the training phases only (as the article loop's samples/s counts them)
+        self.train_cpu_s = 0.0  # their CPU time: on a shared, oversubscribed host the compute without the waits
 
     def train_epoch(self, epoch: int) -> float:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         try:
             return super().train_epoch(epoch)
         finally:
             self.train_s += time.perf_counter() - started
+            self.train_cpu_s += time.process_time() - cpu_started
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.clock_start - self.paused_s
@@ -96,18 +99,18 @@ def run_distrib(cfg: Config, data: PreparedData, target_rmse: float = 0.0) -> di
     train_s = trainer.train_s  # not the validation pass: the article loop's figure excludes it too
     samples = trainer.steps_per_epoch * cfg.train.batch_size * len(trainer.metrics)
     return {"summary": summary, "rows": rows, "total_s": total_s, "reached_s": trainer.reached_s,
-            "samples_per_s": samples / train_s, "epochs": len(rows)}
+            "samples_per_s": samples / train_s, "samples_per_cpu_s": samples / trainer.train_cpu_s, "epochs": len(rows)}
 
 
-def time_call(fn, repeat: int, warmup: int = 2) -> float:
-    """Median seconds of fn() over repeat calls."""
+def time_call(fn, repeat: int, warmup: int = 2, clock=time.perf_counter) -> float:
+    """Median seconds of fn() over repeat calls (clock=time.process_time: CPU seconds, blind to waits)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     times.sort()
     return times[len(times) // 2]
 
@@ -116,19 +119,45 @@ def matmul_rates(device: str = "cpu", n: int = 2048, repeat: int = 5) -> dict:
     """Achieved FLOP/s of a big square matmul in fp32 and bf16, and of the article's hidden Linear shape."""
     rates = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
+        # emulated bf16 (no AVX512-BF16/AMX) runs at a few GFLOP/s: a smaller, single timing says as much
+        slow = name == "bf16" and not native_bf16(torch.device(device))
+        size, reps = (min(n, 512), 1) if slow else (n, repeat)
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-        seconds = time_call(lambda: (a @ b, sync()), repeat)
-        rates[name] = 2 * n ** 3 / seconds
+        seconds = time_call(lambda: (a @ b, sync()), reps, warmup=1 if slow else 2)
+        rates[name] = 2 * size ** 3 / seconds
         x = torch.randn(2000, 500, device=device, dtype=dtype)
         w = torch.randn(500, 500, device=device, dtype=dtype)
-        seconds = time_call(lambda: (x @ w, sync()), repeat * 4)
+        seconds = time_call(lambda: (x @ w, sync()), reps if slow else repeat * 4, warmup=1 if slow else 2)
         rates[f"{name}_2000x500x500"] = 2 * 2000 * 500 * 500 / seconds
     return rates
 
 
+def model_matmul_rates(cfg: Config, batch: int, device: str = "cpu", repeat: int = 3, clock=time.perf_counter) -> dict:
+    """The roofline for this model: FLOP/s of exactly its training matmuls (each Linear's forward, input-gradient
+    and weight-gradient products at this batch), timed back to back, per precision."""
+    widths = [2 * cfg.model.n_factors, *cfg.model.hidden, 1]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        slow = name == "bf16" and not native_bf16(torch.device(device))  # emulated: 256 rows tell the rate
+        rows = min(batch, 256) if slow else batch
+        layers = [(torch.randn(rows, a, device=device, dtype=dtype), torch.randn(b, a, device=device, dtype=dtype),
+                   torch.randn(rows, b, device=device, dtype=dtype)) for a, b in zip(widths, widths[1:])]
+
+        def step():
+            for x, w, dy in layers:
+                x @ w.T, dy @ w, dy.T @ x  # forward, grad of the input, grad of the weight
+            sync()
+
+        rates[name] = rows * train_flops_per_sample(cfg) / time_call(step, 1 if slow else repeat, warmup=1, clock=clock)
+    return rates
+
+
 def fmt_rate(flops: float) -> str:
+    if flops < 1e10:
+        return f"{flops / 1e9:.2f} GFLOP/s"
     return f"{flops / 1e9:.0f} GFLOP/s" if flops < 1e12 else f"{flops / 1e12:.2f} TFLOP/s"
 
 

@@ -132,11 +132,15 @@ class TrainConfig(Section):
     KEY: ClassVar[str] = "train"
     epochs: int = option(20, "at most this many epochs (fixed on resume under one_cycle)", ge=1, changeable=True)
     batch_size: int = option(2000, "the global batch, across all ranks", ge=1)
+    batch_size_per_rank: int = option(0, "> 0: the global batch is this times the world size (replaces batch_size)",
+                                      ge=0)
     lr: float = option(1e-3, "learning rate for ref_batch_size, scaled to batch_size by lr_scaling", gt=0.0)
     ref_batch_size: int = option(2000, "the batch size lr is given for", ge=1)
     lr_scaling: Literal["linear", "sqrt", "none"] = option("sqrt", "how lr scales with batch_size / "
                                                                    "ref_batch_size")
     warmup_steps: int = option(0, "linear warmup steps (cosine_restarts only)", ge=0)
+    warmup_epochs: float = option(2.0, "cosine_restarts: linear warmup over this many epochs' steps, only when "
+                                       "batch_size > ref_batch_size (docs/batch_scaling.md)", ge=0.0)
     schedule: Literal["cosine_restarts", "one_cycle"] = option(
         "cosine_restarts", "the article's cosine restarts, or fastai's one-cycle over "
                            "train.epochs")
@@ -151,9 +155,12 @@ class TrainConfig(Section):
                                "(best.pt is kept)", ge=0, changeable=True)
     refit: bool = option(False, "then retrain from the same initial weights on training + validation "
                                 "ratings for the best epoch count, in run.dir/refit", changeable=True)
-    precision: Literal["fp32", "bf16"] = option("fp32", "bf16: autocast with fp32 master weights",
-                                                changeable=True)
+    precision: Literal["auto", "fp32", "bf16"] = option(
+        "auto", "auto: bf16 where the device computes it natively (CUDA with bf16, AVX512-BF16/AMX CPUs), else "
+                "fp32; bf16: autocast with fp32 master weights", changeable=True)
     compile: bool = option(False, "torch.compile the model", changeable=True)
+    cuda_graph: bool = option(False, "capture the whole step as one CUDA graph (one process); on CPU the same "
+                                     "static-shape step runs eagerly", changeable=True)
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto: cuda when available", changeable=True)
     log_every_steps: int = option(50, "step logging and NaN check interval (host syncs)",
                                   ge=1, changeable=True)

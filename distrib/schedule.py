@@ -1,7 +1,8 @@
 """Learning rate: given for a reference batch, scaled to the global batch, then one of two shapes over the
 steps (`train.schedule`), stepped once per batch:
 
-- cosine_restarts (the article's): optional linear warmup, then cosine annealing with warm restarts, from lr
+- cosine_restarts (the article's): linear warmup (train.warmup_steps, and train.warmup_epochs above the reference
+  batch), then cosine annealing with warm restarts, from lr
   down to eta_min_ratio * lr over cycle_epochs epochs' worth of steps, then restart.
 - one_cycle (fastai's `fit_one_cycle`, which the collaborative-filtering lesson trains with): over all of
   train.epochs, a cosine warm-up from lr/25 to lr in the first quarter of the steps, then a cosine decay to
@@ -14,6 +15,8 @@ warmup (Goyal et al., arXiv:1706.02677) was shown for SGD.
 from __future__ import annotations
 
 import math
+
+import torch
 
 from distrib.config import TrainConfig
 
@@ -29,14 +32,23 @@ def scaled_lr(cfg: TrainConfig) -> float:
     return cfg.lr * factor
 
 
+def warmup_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Steps of linear warmup: train.warmup_steps, plus train.warmup_epochs of this batch's steps when the global
+    batch exceeds train.ref_batch_size. Warmup protects an lr scaled up for a larger batch (Goyal et al.); at or
+    below the reference batch the lr is not scaled up and the article's schedule runs unchanged."""
+    epochs = cfg.warmup_epochs if cfg.batch_size > cfg.ref_batch_size else 0.0
+    return cfg.warmup_steps + round(epochs * steps_per_epoch)
+
+
 def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     """Multiplier of the scaled peak lr at global step `step` (0-based)."""
     if cfg.schedule == "one_cycle":
         first, last = 1 / ONE_CYCLE_DIV, 1 / (ONE_CYCLE_DIV * ONE_CYCLE_FINAL_DIV)
         return _one_cycle(step, cfg.epochs * steps_per_epoch, (first, 1.0, last))
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    t = step - cfg.warmup_steps
+    warmup = warmup_steps(cfg, steps_per_epoch)
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    t = step - warmup
     t_max = max(1, round(cfg.cycle_epochs * steps_per_epoch))
     cosine = (1 + math.cos(math.pi * (t % t_max) / t_max)) / 2
     return cfg.eta_min_ratio + (1 - cfg.eta_min_ratio) * cosine
@@ -81,7 +93,10 @@ class StepSchedule:
         lr = self.peak_lr * lr_factor(self.last_step, self.cfg, self.steps_per_epoch)
         beta1 = beta1_at(self.last_step, self.cfg, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            if isinstance(group["lr"], torch.Tensor):  # a captured step reads its lr from the device
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
             if beta1 is not None:
                 group["betas"] = (beta1, group["betas"][1])
 

@@ -13,6 +13,7 @@ ratings for the validated epoch count, in run.dir/refit), and always tear the gr
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import typing
@@ -60,6 +61,15 @@ def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
         if "=" not in item:
             raise UserError(f"argument {item!r}: expected key=value (only the first argument may be a config file)")
     return config_path, list(argv)
+
+
+def with_world_batch(cfg: Config, env: DistEnv) -> Config:
+    """train.batch_size_per_rank > 0: the global batch (what the LR rule and the sampler read) is that times the
+    world size; otherwise train.batch_size is the global batch whatever the world size."""
+    per_rank = cfg.train.batch_size_per_rank
+    if not per_rank:
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=per_rank * env.world_size))
 
 
 def check_world(cfg: Config, env: DistEnv) -> None:
@@ -156,6 +166,7 @@ def train(cfg: Config, print_config: bool = False) -> int:
     from distrib.rundir import RunDir
 
     env = resolve_env()
+    cfg = with_world_batch(cfg, env)
     check_world(cfg, env)
     if cfg.dist.embedding_sharding != "none":  # TorchRec importable, options it supports: before any rank waits
         from distrib.sharded_trainer import check_sharding_config

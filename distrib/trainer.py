@@ -24,12 +24,14 @@ from distrib.distributed import DistEnv, wrap_ddp
 from distrib.early_stopping import EarlyStopping
 from distrib.errors import UserError
 from distrib.fsutil import atomic_torch_save
+from distrib.graphstep import StaticStep, check_graphable, graph_optimizer_options
 from distrib.health import DivergenceGuard
 from distrib.metrics import error_sums, from_sums
 from distrib.models import build_model, build_penalty
+from distrib.precision import resolve_precision
 from distrib.progress import EpochProgress
 from distrib.rundir import RunDir
-from distrib.sampler import epoch_permutation, rank_batches, shard_bounds, steps_per_epoch
+from distrib.sampler import epoch_permutation, rank_batches, rank_slice, shard_bounds, steps_per_epoch
 from distrib.schedule import build_scheduler, scaled_lr
 
 log = logging.getLogger("distrib")
@@ -79,8 +81,15 @@ class Trainer:
         self.metrics: list[dict] = []
         self.members = 1  # predictions per rating in training: an ensemble's members each give one
         self._build_parallel()
+        self.precision = resolve_precision(cfg.train.precision, device)  # auto -> fp32 or bf16 for this device
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
-                         if cfg.train.precision == "bf16" else nullcontext())
+                         if self.precision == "bf16" else nullcontext())
+        self.static_step = None  # train.cuda_graph: the whole step captured once (distrib.graphstep)
+        if cfg.train.cuda_graph:
+            check_graphable(device, env.world_size, cfg.train.schedule)
+            lo, hi = rank_slice(cfg.train.batch_size, env.rank, env.world_size)
+            self.static_step = StaticStep(self.ddp, self.optimizer, self.penalty, self.train_split, hi - lo,
+                                          env.world_size, self.precision, device)
 
     def _build_parallel(self) -> None:
         """Penalty, optimizer, schedule, resume, DDP (distrib.sharded_trainer overrides this for sharded tables)."""
@@ -160,7 +169,7 @@ class Trainer:
         seconds = time.perf_counter() - started
         row = {
             "epoch": epoch + 1, "train_loss": train_loss, "val_rmse": val["rmse"], "val_mae": val["mae"],
-            "val_loss": val["mse"], "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
+            "val_loss": val["mse"], "lr": float(self.optimizer.param_groups[0]["lr"]), "epoch_seconds": seconds,
             "samples_per_s": self.steps_per_epoch * self.cfg.train.batch_size / seconds, "step": self.progress.step,
         }
         self.progress = Progress(epoch=epoch + 1, step=self.progress.step)
@@ -178,6 +187,12 @@ class Trainer:
         bar = EpochProgress(self.env.is_main, self.steps_per_epoch, f"epoch {epoch + 1}")
         split = self.train_split
         for idx in rank_batches(perm, cfg.batch_size, env.rank, env.world_size):
+            if self.static_step is not None:
+                sq_sum = self.guard.observe(self.static_step.run(idx), self.progress.step)
+                self.members = self.static_step.members
+                self.scheduler.step()
+                self._after_step(sq_sum, idx, bar)
+                continue
             users, items = split.users[idx], split.items[idx]
             with self.autocast:
                 pred = self.ddp(users, items)
@@ -190,18 +205,23 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             total += sq_sum.detach()
-            self.progress.step += 1
-            bar.update()
-            if self.progress.step % cfg.log_every_steps == 0:  # the only host sync inside the epoch
-                self.guard.check()
-                self._log_step(sq_sum, idx.numel() * self.members)  # per rating and member, as the epoch figure
+            self._after_step(sq_sum, idx, bar)
         bar.close()
+        if self.static_step is not None:
+            total = self.static_step.take_total()  # summed inside the captured step
         self.guard.check()  # before validation and saving: a diverged epoch is never checkpointed
         # Per rating and per member: an ensemble's figure is its members' mean loss, on validation's scale.
         return self._global_mean(total, self.steps_per_epoch * cfg.batch_size * self.members)
 
+    def _after_step(self, sq_sum: torch.Tensor, idx: torch.Tensor, bar: EpochProgress) -> None:
+        self.progress.step += 1
+        bar.update()
+        if self.progress.step % self.cfg.train.log_every_steps == 0:  # the only host sync inside the epoch
+            self.guard.check()
+            self._log_step(sq_sum, idx.numel() * self.members)  # per rating and member, as the epoch figure
+
     def _log_step(self, sq_sum: torch.Tensor, n: int) -> None:
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = float(self.optimizer.param_groups[0]["lr"])  # a tensor under train.cuda_graph
         if self.env.is_main:
             self.tracker.log_step(self.progress.step, {"train/loss": sq_sum.item() / max(n, 1), "train/lr": lr})
 
@@ -294,7 +314,8 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -
     # Hutter), which the tuned EmbeddingNet needs: with Adam the L2 term is rescaled per parameter and barely acts
     optimizer = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
     return optimizer(model.parameters(), lr=scaled_lr(cfg.train), weight_decay=cfg.train.weight_decay,
-                     betas=tuple(cfg.train.betas), fused=fused or None)
+                     betas=tuple(cfg.train.betas), fused=fused or None,
+                     **graph_optimizer_options(device, cfg.train.cuda_graph))
 
 
 def _seed_for(seed: int, rank: int, epoch: int) -> int:

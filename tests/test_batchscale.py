@@ -1,0 +1,98 @@
+"""Large-batch support: precision=auto, warmup in epochs, and the static-shape (CUDA-graph) step, which on CPU
+runs eagerly and must train exactly like the plain loop."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from distrib import precision
+from distrib.config import TrainConfig, load_config
+from distrib.schedule import lr_factor, warmup_steps
+from tests.helpers import REPO, check_ok, clean_env, metrics, tiny, train_cli, weights
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    monkeypatch.setattr(precision, "_warned", set())
+
+
+@pytest.mark.parametrize("flags, expected", [({"avx2", "fma"}, "fp32"), ({"avx512f", "avx512_bf16"}, "bf16"),
+                                             ({"amx_bf16", "amx_tile"}, "bf16")])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it_natively(monkeypatch, flags, expected):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+    assert precision.resolve_precision("auto", CPU) == expected
+    assert precision.resolve_precision("fp32", CPU) == "fp32"
+
+
+def test_auto_is_the_default_and_follows_this_machine():
+    assert load_config(None, []).train.precision == "auto"
+    flags = precision.cpu_flags() or frozenset()
+    native = bool({"avx512_bf16", "amx_bf16"} & flags) if precision.cpu_flags() is not None else None
+    if native is not None:
+        assert precision.resolve_precision("auto", CPU) == ("bf16" if native else "fp32")
+
+
+def test_explicit_bf16_without_native_support_runs_and_warns_once(monkeypatch, fresh_warnings):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    with pytest.warns(UserWarning, match=r"train.precision=bf16: .* no native bf16 \(bf16 matmul measured .*x slower"):
+        assert precision.resolve_precision("bf16", CPU) == "bf16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert precision.resolve_precision("bf16", CPU) == "bf16"  # once per process
+
+
+def test_warmup_epochs_count_in_the_batch_sizes_own_steps_above_the_reference_batch_only():
+    cfg = TrainConfig(batch_size=8000, warmup_epochs=1.0, cycle_epochs=100)
+    assert warmup_steps(cfg, 4) == 4
+    assert [round(lr_factor(s, cfg, 4), 3) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert warmup_steps(TrainConfig(batch_size=8000, warmup_steps=3, warmup_epochs=0.5), 4) == 5
+    assert TrainConfig().warmup_epochs == 2.0  # the default, from docs/batch_scaling.md
+    assert warmup_steps(TrainConfig(), 36) == 0  # batch 2000 = the reference: the article's schedule unchanged
+    assert warmup_steps(TrainConfig(batch_size=32000), 2) == 4
+
+
+@pytest.mark.slow
+def test_static_step_on_cpu_trains_exactly_like_the_plain_loop(tmp_path):
+    """train.cuda_graph on CPU: one line says it is CUDA-only, and the same static-shape step runs eagerly,
+    bit for bit the plain loop's weights and losses (12000 ratings, batch 500: the last partial batch dropped)."""
+    plain = tiny(tmp_path, "plain", "train.epochs=2")
+    check_ok(train_cli(plain, timeout=120))
+    proc = check_ok(train_cli(tiny(tmp_path, "graph", "train.epochs=2", "train.cuda_graph=true"), timeout=120))
+    assert "train.cuda_graph: CUDA-only" in proc.stderr + proc.stdout
+    a, b = metrics(tmp_path / "plain"), metrics(tmp_path / "graph")
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+    assert [r["val_rmse"] for r in a] == [r["val_rmse"] for r in b]
+    wa, wb = weights(tmp_path / "plain/checkpoints/last.pt"), weights(tmp_path / "graph/checkpoints/last.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_gpu_large_batch_script_runs_in_its_cpu_smoke_mode():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_large_batch", "--smoke"], cwd=REPO, env=clean_env(),
+                          capture_output=True, text=True, timeout=240)
+    check_ok(proc)
+    rows = json.loads(proc.stdout.split("JSON ", 1)[1])["rows"]
+    assert [(r["batch"], r["variant"]) for r in rows] == [(256, "eager"), (256, "graphed"), (512, "eager"),
+                                                           (512, "graphed")]
+    assert all(r["samples_per_s"] > 0 and r["share"] > 0 for r in rows)
+
+
+def test_batch_size_per_rank_makes_the_global_batch_grow_with_the_world():
+    from distrib.distributed import DistEnv
+    from distrib.train import with_world_batch
+
+    def env(world):
+        return DistEnv(rank=0, local_rank=0, world_size=world, master_addr="127.0.0.1", master_port=0,
+                       launcher="torchrun")
+
+    cfg = load_config(None, ["train.batch_size_per_rank=4000"])
+    assert [with_world_batch(cfg, env(w)).train.batch_size for w in (1, 2, 8)] == [4000, 8000, 32000]
+    plain = load_config(None, ["train.batch_size=32000"])
+    assert with_world_batch(plain, env(8)).train.batch_size == 32000  # train.batch_size is global
