@@ -45,12 +45,15 @@ def describe_model(model_cfg, model) -> str:
     return f"{name}, {n_params:,} parameters"
 
 
-def header(cfg, env, device, data, model, hosts: int = 1) -> str:
+def header(cfg, env, device, data, model, precision: str, hosts: int = 1) -> str:
+    """The few lines a run starts with; `precision` is what train.precision resolved to on this device."""
+    if cfg.train.precision == "auto":
+        precision = f"{precision} (auto)"
     changed = ", ".join(f"{key}={_show(value)}" for key, value in changed_keys(cfg).items()) or "none"
     lines = [
         f"data: {data.description}",
         f"model: {describe_model(cfg.model, model)} | world size {env.world_size} on {device} ({env.launcher}), "
-        f"{cfg.train.precision}" + (f" | {plural(hosts, 'host')}, master {env.master_addr}:{env.master_port}"
+        f"{precision}" + (f" | {plural(hosts, 'host')}, master {env.master_addr}:{env.master_port}"
                                     if env.world_size > 1 else ""),
         f"run.dir: {cfg.run.dir} (full config in its config.yaml; {PRINT_CONFIG_FLAG} prints it here)",
         textwrap.fill(f"changed from the defaults: {changed}", WIDTH, subsequent_indent="  ",

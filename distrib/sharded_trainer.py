@@ -36,11 +36,16 @@ def check_sharding_config(cfg) -> None:
     if cfg.train.compile:
         raise UserError(f"train.compile: not supported with dist.embedding_sharding={mode} (TorchRec's sharded "
                         "modules run eager); set train.compile=false")
-    if cfg.train.precision != "fp32":
-        raise UserError(f"train.precision={cfg.train.precision}: dist.embedding_sharding={mode} trains in fp32 only")
+    if cfg.train.precision == "bf16":
+        raise UserError(f"train.precision=bf16: dist.embedding_sharding={mode} trains in fp32 only "
+                        "(train.precision=auto picks fp32 there)")
+    if cfg.train.cuda_graph:
+        raise UserError(f"train.cuda_graph: not supported with dist.embedding_sharding={mode} (TorchRec's "
+                        "all-to-all runs outside a captured graph); set train.cuda_graph=false")
 
 
 class ShardedTrainer(Trainer):
+    supports_bf16 = False  # train.precision=auto means fp32 here
     report_model: torch.nn.Module | None = None  # rank 0, after fit: the whole model for plots and W&B
 
     def _build_parallel(self) -> None:

@@ -123,7 +123,7 @@ def run(cfg: Config, env: DistEnv, device) -> dict:
             from distrib.sharded_trainer import ShardedTrainer as Trainer  # noqa: N814
         trainer = Trainer(cfg, env, device, data, run_dir)  # resumes, or refuses a mismatched checkpoint
         if env.is_main:
-            log.info("%s", header(cfg, env, device, data, trainer.model, host_count()))
+            log.info("%s", header(cfg, env, device, data, trainer.model, trainer.precision, host_count()))
             run_dir.write_text("config.yaml", dump_yaml(cfg))  # only once the inputs have proved good
         tracker = build_tracker(cfg.tracking, run_dir.path, to_dict(cfg), env.is_main)
         summary = trainer.fit(tracker)

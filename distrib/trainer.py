@@ -65,6 +65,7 @@ def to_device(split: RatingSplit, device: torch.device) -> DeviceSplit:
 
 
 class Trainer:
+    supports_bf16 = True  # whether train.precision=auto may choose bf16 for this trainer
     def __init__(self, cfg: Config, env: DistEnv, device: torch.device, data: PreparedData, run: RunDir):
         self.cfg, self.env, self.device, self.data, self.run = cfg, env, device, data, run
         self.tracker = None
@@ -81,7 +82,8 @@ class Trainer:
         self.metrics: list[dict] = []
         self.members = 1  # predictions per rating in training: an ensemble's members each give one
         self._build_parallel()
-        self.precision = resolve_precision(cfg.train.precision, device)  # auto -> fp32 or bf16 for this device
+        requested = "fp32" if cfg.train.precision == "auto" and not self.supports_bf16 else cfg.train.precision
+        self.precision = resolve_precision(requested, device)  # auto -> fp32 or bf16 for this device
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                          if self.precision == "bf16" else nullcontext())
         self.static_step = None  # train.cuda_graph: the whole step captured once (distrib.graphstep)
