@@ -74,7 +74,8 @@ def multinode_problem() -> str:
     except subprocess.TimeoutExpired:
         return "sinfo timed out: slurmctld not answering"
     states = dict(line.split() for line in proc.stdout.splitlines() if len(line.split()) == 2)
-    usable = [n for n in NODES if states.get(n, "").rstrip("*~#") in ("idle", "mix", "alloc")]
+    # A node still completing the previous test's job ("comp") is up: the next job waits for it.
+    usable = [n for n in NODES if states.get(n, "").rstrip("*~#") in ("idle", "mix", "alloc", "comp")]
     if len(usable) < len(NODES):
         return f"the two-node cluster is not up (sinfo: {proc.stdout.strip() or proc.stderr.strip()}; " \
                "run slurm/dev-cluster.sh --nodes 2 as root)"

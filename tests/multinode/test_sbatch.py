@@ -23,7 +23,7 @@ def submit(tmp_path, name: str, *overrides: str) -> tuple[str, object]:
     return job, log
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)  # with the session reference, when it is trained here
 def test_two_nodes_form_one_group_with_the_first_host_as_master(tmp_path, reference):
     job, log = submit(tmp_path, "two")
     try:

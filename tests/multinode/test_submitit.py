@@ -15,7 +15,7 @@ from tests.multinode.common import rel_l2, tiny
 pytestmark = [pytest.mark.multinode, pytest.mark.slurm, pytest.mark.slow]
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)  # with the session reference, when it is trained here
 def test_two_node_job(tmp_path, reference):
     args = tiny(tmp_path, "job", "slurm.nodes=2", "slurm.tasks_per_node=2")
     proc = run([sys.executable, "-m", "launch.submit", *args, "--wait"], timeout_s=200, cwd=REPO,

@@ -31,7 +31,7 @@ def agents(args: list[str], tmp_path, port: int) -> list[subprocess.Popen]:
     return procs
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(540)  # with the session reference, when it is trained here
 def test_two_agents_train_the_one_node_weights_and_only_rank_0_writes(tmp_path, reference):
     local = node_local("torchrun")  # run.dir and data.root on each node's private disk
     args = tiny(tmp_path, "unused", f"data.root={local / 'data'}", f"run.dir={local / 'run'}")
