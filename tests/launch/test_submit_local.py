@@ -44,7 +44,7 @@ def test_local_two_tasks_stream_rank_0s_lines_as_they_come(tmp_path):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("extra, fragment", [
-    (["train.lr=-1"], "train.lr must be > 0"),
+    (["train.lr=-1"], "train.lr: must be > 0"),
     (["--sweep", "train.lr"], "expected key=v1,v2"),
     (["--sweep", "train.nope=1,2"], "unknown config key train.nope"),
     (["--sweep", "slurm.nodes=1,2"], "share slurm"),
