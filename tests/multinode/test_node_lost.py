@@ -68,4 +68,4 @@ def test_losing_node2_ends_the_job_naming_its_ranks_and_a_resubmission_resumes(t
         cancel(again)
     second = again_log.read_text().split(f"job {again} restart 0", 1)[1]  # the log is appended to
     assert "resumed from" in second and f"at epoch {done}" in second, second[-3000:]
-    assert epochs_done(run_dir) == list(range(8))  # the epochs after last.pt once, none before it again
+    assert epochs_done(run_dir) == list(range(1, 9))  # the epochs after last.pt once, none before it again
