@@ -5,6 +5,7 @@ import functools
 import os
 import signal
 import sys
+import threading
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
@@ -66,4 +67,5 @@ def stop_on_sigint(where: str) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise Interrupted(f"interrupted (SIGINT); {where}")
 
-    signal.signal(signal.SIGINT, handler)
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+        signal.signal(signal.SIGINT, handler)
