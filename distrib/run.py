@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+    quiet_torchelastic()
     args, ours = parse(argv)
     check(args, ours)
-    quiet_torchelastic()
     error_dir = tempfile.mkdtemp(prefix="distrib-errors-")
     os.environ[ERROR_DIR_ENV] = error_dir  # the workers inherit it
     try:

@@ -188,14 +188,16 @@ def _wait_for_epochs(run: Path, count: int, proc, timeout_s: float = 180) -> Non
 
 
 def _fill(point: Path, leave_bytes: int) -> Path:
+    """Fill the filesystem to the last byte, then give back `leave_bytes`."""
     filler = point / "filler"
-    with open(filler, "wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError:
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 65536):
             pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
     os.truncate(filler, max(filler.stat().st_size - leave_bytes, 0))
     return filler
 
