@@ -148,7 +148,7 @@ def test_a_damaged_data_cache_is_found_and_rebuilt(copy):
     assert "is damaged (" in proc.stdout and "rebuilding it" in proc.stdout, proc.stdout
     assert digest(copy / "run") == before
     proc = check_ok(train_cli(tiny(copy, "run", "train.epochs=3")))  # and training goes on from the rebuilt one
-    assert "damaged" not in proc.stdout and "resumed from" in proc.stdout and "[003/003]" in proc.stdout
+    assert "is damaged (" not in proc.stdout and "resumed from" in proc.stdout and "[003/003]" in proc.stdout
 
 
 @pytest.fixture
