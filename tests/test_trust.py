@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from distrib.checkpoint import load_latest
 from tests.helpers import REPO, check_ok, clean_env, metrics, tiny, train_cli
 
 pytestmark = pytest.mark.slow
@@ -246,13 +247,14 @@ def test_run_dir_stays_locked_through_the_refit_phase(tmp_path):
 def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
     args = tiny(tmp_path, "run", "train.epochs=200")
     proc = _start(args)
-    _wait_for_epochs(tmp_path / "run", 1, proc)
+    _wait_for_epochs(tmp_path / "run", 2, proc)  # the first checkpoint is written
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "interrupted (SIGINT)" in lines[0], err[-2000:]
-    epoch = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["progress"]["epoch"]
+    state, _, _ = load_latest(tmp_path / "run/checkpoints")  # a Ctrl-C during a save leaves last.1.pt to resume from
+    epoch = state["progress"]["epoch"]
     proc = check_ok(train_cli(tiny(tmp_path, "run", f"train.epochs={epoch + 1}")))
     assert f"at epoch {epoch}" in proc.stdout
 
