@@ -218,7 +218,7 @@ def test_a_full_disk_mid_run_is_one_line_and_the_next_start_resumes(tmp_path, tm
     checkpoints = point / "run/checkpoints"
     assert not list(checkpoints.glob(".*tmp*")), "a temp file was left behind"
     epoch = torch.load(checkpoints / "last.pt", weights_only=True)["progress"]["epoch"]
-    assert epoch >= 2
+    assert epoch >= 1  # the last checkpoint written in full before the disk filled
     filler.unlink()
     proc = check_ok(train_cli([*args, f"train.epochs={epoch + 1}"]))
     assert f"at epoch {epoch}" in proc.stdout and f"[{epoch + 1:03d}/" in proc.stdout
