@@ -72,7 +72,8 @@ def load_latest(ckpt_dir: Path) -> tuple[dict | None, Path | None, list[str]]:
             if "progress" not in state:
                 raise ValueError("missing progress")
             for problem in problems:
-                log.warning("checkpoint %s; resuming from %s", problem, path.name)
+                name, reason = problem.split(": ", 1)
+                log.warning("checkpoint %s is unreadable (%s); resuming from %s", name, reason, path.name)
             return state, path, problems
         except UnsafeCheckpoint:
             raise
