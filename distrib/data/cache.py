@@ -89,7 +89,7 @@ def write_cache(folder: Path, arrays: dict[str, dict[str, np.ndarray] | None], u
         meta = {**meta, "splits": {s: arrays[s] is not None for s in SPLITS}, "files": files}
         with open(tmp / META, "w") as f:  # written last: its presence marks the folder complete
             json.dump(meta, f, indent=1, default=str)
-        if is_complete(folder):
+        if damage(folder) is None:
             # Built meanwhile by a process whose lock this one could not see (nodes sharing a file system
             # that does not pass flock between them): keep theirs, which readers may already have open.
             return

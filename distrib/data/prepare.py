@@ -26,8 +26,6 @@ from distrib.data.splits import split_indices
 from distrib.data.synthetic import generate
 from distrib.data.types import PreparedData
 from distrib.errors import UserError
-
-log = logging.getLogger("distrib")
 from distrib.fsutil import FileLock
 
 log = logging.getLogger("distrib")
