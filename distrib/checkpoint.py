@@ -18,7 +18,7 @@ import torch
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from distrib.errors import UserError
-from distrib.fsutil import atomic_torch_save
+from distrib.fsutil import torch_bytes, write_temp
 
 log = logging.getLogger("distrib")
 
@@ -26,13 +26,16 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers, 
 
 
 def save_last(state: dict, ckpt_dir: Path, keep: int = 2) -> None:
-    """Rotate last.pt -> last.1.pt ... so a write cut off midway never costs the only good checkpoint."""
+    """Rotate last.pt -> last.1.pt ... only once the new file is written in full, so neither a write cut off
+    midway nor a full disk ever costs a good checkpoint."""
     last = ckpt_dir / "last.pt"
+    data = torch_bytes(state)
+    tmp = write_temp(last, lambda handle: handle.write(data))
     for i in range(keep - 1, 0, -1):
         older = ckpt_dir / (f"last.{i - 1}.pt" if i > 1 else "last.pt")
         if older.exists():
             os.replace(older, ckpt_dir / f"last.{i}.pt")
-    atomic_torch_save(state, last)
+    os.replace(tmp, last)
 
 
 def candidates(ckpt_dir: Path) -> list[Path]:
@@ -59,19 +62,43 @@ def read(path: Path, map_location="cpu") -> dict:
     return state
 
 
-def load_latest(ckpt_dir: Path) -> tuple[dict | None, Path | None]:
-    """The newest checkpoint that loads; a corrupt one is reported and skipped, an unsafe one refused."""
+def load_latest(ckpt_dir: Path) -> tuple[dict | None, Path | None, list[str]]:
+    """The newest checkpoint that loads, and why each newer one did not ("last.pt: cut off ..."); an unsafe one
+    is refused. A corrupt newest one is reported and the previous one used."""
+    problems = []
     for path in candidates(ckpt_dir):
         try:
             state = read(path)
             if "progress" not in state:
                 raise ValueError("missing progress")
-            return state, path
+            for problem in problems:
+                name, reason = problem.split(": ", 1)
+                log.warning("checkpoint %s is unreadable (%s); resuming from %s", name, reason, path.name)
+            return state, path, problems
         except UnsafeCheckpoint:
             raise
         except Exception as err:  # a truncated zip raises RuntimeError, a garbled pickle others
-            log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, type(err).__name__)
-    return None, None
+            problems.append(f"{path.name}: {describe_unreadable(err)}")
+    return None, None, problems
+
+
+def describe_unreadable(err: Exception) -> str:
+    """A short reason a checkpoint did not load: torch's zip reader says 'failed finding central directory'
+    for a file cut off midway."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if "central directory" in text or "zip archive" in text or isinstance(err, EOFError):
+        return "cut off or not a checkpoint file"
+    return f"unreadable ({type(err).__name__}: {text[:120]})"
+
+
+def read_or_refuse(path: Path, map_location="cpu") -> dict:
+    """`read`, with any failure as one line naming the file."""
+    try:
+        return read(path, map_location)
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f"{path}: {describe_unreadable(err)}") from None
 
 
 def describe_mismatch(err: RuntimeError) -> str:

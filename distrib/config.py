@@ -314,8 +314,16 @@ def _read_yaml(path: Path) -> dict:
         raise UserError(f"{path}: config file not found")
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected a YAML config file")
+    if not path.is_file():  # a FIFO or a device would block the read, or never end
+        raise UserError(f"{path}: not a regular file, expected a YAML config file")
+    raw = path.read_bytes()
     try:
-        tree = yaml.safe_load(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} on line {line}); save it as UTF-8") from None
+    try:
+        tree = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

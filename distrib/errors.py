@@ -2,13 +2,20 @@
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
+import threading
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+ERROR_DIR_ENV = "DISTRIB_ERROR_DIR"
 
 
 class UserError(Exception):
     """A mistake in the user's input (config, data file, run directory): reported as one line."""
+
+    exit_code = EXIT_USER_ERROR
 
 
 def exit_on_user_error(main):
@@ -21,12 +28,44 @@ def exit_on_user_error(main):
         except UserError as err:
             # One write for the whole line: print() writes the text and the newline separately, and under
             # torchrun the ranks share one stderr pipe, so two ranks' lines were seen spliced into one.
-            sys.stderr.write(f"distrib: error: {err}\n")
-            sys.stderr.flush()
-            sys.exit(EXIT_USER_ERROR)
+            report_line(f"distrib: error: {err}")
+            sys.exit(err.exit_code)
 
     return wrapper
 
 
+def report_line(line: str) -> None:
+    """Write one line to stderr, or, under `python -m distrib.run`, to this rank's file in
+    $DISTRIB_ERROR_DIR, from which the launcher prints one line for the whole job."""
+    folder = os.environ.get(ERROR_DIR_ENV)
+    if folder:
+        try:
+            with open(os.path.join(folder, f"rank{os.environ.get('RANK', '0')}.txt"), "w") as handle:
+                handle.write(line + "\n")
+            return
+        except OSError:
+            pass  # the launcher's folder is gone: stderr still carries the line
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 class JobError(UserError):
     """The job itself failed in a way the user must act on (diverged loss, lost rank): one line, exit 2."""
+
+
+class Interrupted(JobError):
+    """Ctrl-C (SIGINT): the run stops where it is, its last checkpoint intact, and says so in one line."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+def stop_on_sigint(where: str) -> None:
+    """Turn the first SIGINT into Interrupted (one line, exit 130) instead of a KeyboardInterrupt traceback;
+    later ones are ignored while the run closes its files and its process group."""
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise Interrupted(f"interrupted (SIGINT); {where}")
+
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+        signal.signal(signal.SIGINT, handler)

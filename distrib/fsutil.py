@@ -14,14 +14,26 @@ import os
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from distrib.errors import UserError
+from distrib.errors import JobError, UserError
 
 TMP_GLOB = ".*.tmp.*"  # what a writer killed before its rename leaves behind
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class NoSpace(JobError):
+    """The disk filled up while the run wrote its outputs."""
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Call `write(handle)` on a temporary file, then make it `path` in one rename."""
     path = Path(path)
+    os.replace(write_temp(path, write), path)
+    _fsync_dir(path.parent)
+
+
+def write_temp(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """`write(handle)` on `.NAME.tmp.PID` beside `path`, flushed and fsynced; on any failure the temp file is
+    removed, and a full disk raises NoSpace (one line naming `path`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
@@ -29,11 +41,13 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in NO_SPACE:
+            raise NoSpace(f"{path}: no space left on its filesystem; nothing was left half-written and the earlier "
+                          "checkpoints are intact: free some space and start the same command again to resume") from None
         raise
-    _fsync_dir(path.parent)
+    return tmp
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -44,10 +58,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def atomic_torch_save(obj, path: str | Path) -> None:
+def torch_bytes(obj) -> memoryview:
+    """torch.save into memory: its zip writer turns a full disk into an unrelated RuntimeError, a plain write
+    of the bytes does not."""
+    import io
+
     import torch
 
-    atomic_write(path, lambda handle: torch.save(obj, handle))
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer()
+
+
+def atomic_torch_save(obj, path: str | Path) -> None:
+    atomic_write_bytes(path, torch_bytes(obj))
 
 
 def _fsync_dir(directory: Path) -> None:

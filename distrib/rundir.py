@@ -13,6 +13,7 @@ from distrib.errors import UserError
 from distrib.fsutil import TMP_GLOB, FileLock, LockHeld, atomic_write_text
 
 LOCK_NAME = ".lock"
+HISTORY = ("metrics.jsonl", "summary.json", "checkpoints/best.pt", "checkpoints/last.pt")
 MIN_FREE_BYTES = 64 * 2**20  # a checkpoint of the article's model on ml-25m is ~150 MB; refuse a nearly full disk early
 
 
@@ -47,6 +48,12 @@ class RunDir:
         except LockHeld as held:
             raise UserError(f"run.dir {self.path}: in use by another job ({held.holder}); "
                             "wait for it or choose another run.dir") from None
+
+    def history(self) -> list[str]:
+        """What a past run left here that a fresh start would overwrite: results and checkpoints."""
+        found = [name for name in HISTORY if (self.path / name).is_file() and (self.path / name).stat().st_size]
+        found += [p.relative_to(self.path).as_posix() for p in self.checkpoints.glob("last.[0-9]*.pt")]
+        return found
 
     def close(self) -> None:
         self._lock.release()

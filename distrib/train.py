@@ -14,6 +14,7 @@ ratings for the validated epoch count, in run.dir/refit), and always tear the gr
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import sys
 import typing
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from distrib.config import Config, dump_yaml, load_config, refit_config, to_dict, with_refit_group
 from distrib.console import PRINT_CONFIG_FLAG, closing_line, header, plural, refit_summary
-from distrib.errors import JobError, UserError, exit_on_user_error
+from distrib.errors import JobError, UserError, exit_on_user_error, stop_on_sigint
 from distrib.options import help_text
 
 if typing.TYPE_CHECKING:  # torch and the rest are imported once the arguments have been read
@@ -89,43 +90,75 @@ def setup_logging(env: DistEnv) -> None:
 
 def agree(error: str | None) -> None:
     """Rank 0's verdict (e.g. on the run directory) reaches every rank, so all exit together."""
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        box = [error]
-        dist.broadcast_object_list(box, src=0)
-        error = box[0]
+    error = from_main(error)
     if error:
         raise UserError(error)
 
 
-def run(cfg: Config, env: DistEnv, device) -> dict:
+def from_main(value):
+    """Rank 0's value on every rank: decisions that read files rank 0 owns (run.dir) must be the same everywhere."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        value = box[0]
+    return value
+
+
+def open_run_dir(path, env: DistEnv):
+    """Rank 0 checks and locks run.dir (nothing in it is touched yet); every rank learns the verdict."""
+    from distrib.rundir import RunDir
+
+    run_dir = RunDir(path)
+    error = None
+    if env.is_main:
+        try:
+            run_dir.open()
+        except UserError as err:
+            error = str(err)
+    agree(error)
+    return run_dir
+
+
+def finished_summary(trainer, run_dir) -> dict | None:
+    """A finished run's summary.json, when the run is finished and its end-of-run outputs are all there."""
+    summary = None
+    if trainer.env.is_main and trainer.finished:
+        try:
+            summary = json.loads((run_dir.path / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = None  # never finished writing its outputs: finish again
+    return from_main(summary)
+
+
+def run(cfg: Config, env: DistEnv, device, run_dir) -> tuple[dict, bool]:
+    """One training phase in run_dir (opened and locked by the caller): its summary, and whether it had finished
+    before. A finished run prints one line and touches nothing."""
     import torch.distributed as dist
 
     from distrib.data import load_dataset
     from distrib.distributed import host_count
-    from distrib.rundir import RunDir
     from distrib.trainer import Trainer
     from distrib.tracking import build_tracker
 
-    run_dir = RunDir(cfg.run.dir)
-    error = None
+    data = load_dataset(cfg.data)
+    if cfg.dist.embedding_sharding != "none":  # tables sharded across ranks with TorchRec
+        from distrib.sharded_trainer import ShardedTrainer as Trainer  # noqa: N814
+    trainer = Trainer(cfg, env, device, data, run_dir)  # resumes, or refuses a mismatched or damaged checkpoint
+    summary = finished_summary(trainer, run_dir)
+    if summary is not None:
+        log.info("run already finished at epoch %d: its results are in %s (summary.json, plots/, checkpoints/)",
+                 trainer.progress.epoch, run_dir.path)
+        return summary, True
     if env.is_main:
-        try:
-            run_dir.open()  # checks and the lock only: nothing in an existing run.dir is touched yet
-        except UserError as err:
-            error = str(err)
-    agree(error)
-    tracker = None
+        log.info("%s", header(cfg, env, device, data, trainer.model, trainer.precision, host_count()))
+        if trainer.resumed_from is not None:
+            log.info("resumed from %s at epoch %d (step %d)", trainer.resumed_from, trainer.progress.epoch,
+                     trainer.progress.step)
+        run_dir.write_text("config.yaml", dump_yaml(cfg))  # only once the inputs have proved good
+    tracker = build_tracker(cfg.tracking, run_dir.path, to_dict(cfg), env.is_main)
     try:
-        data = load_dataset(cfg.data)
-        if cfg.dist.embedding_sharding != "none":  # tables sharded across ranks with TorchRec
-            from distrib.sharded_trainer import ShardedTrainer as Trainer  # noqa: N814
-        trainer = Trainer(cfg, env, device, data, run_dir)  # resumes, or refuses a mismatched checkpoint
-        if env.is_main:
-            log.info("%s", header(cfg, env, device, data, trainer.model, trainer.precision, host_count()))
-            run_dir.write_text("config.yaml", dump_yaml(cfg))  # only once the inputs have proved good
-        tracker = build_tracker(cfg.tracking, run_dir.path, to_dict(cfg), env.is_main)
         summary = trainer.fit(tracker)
         if env.is_main:
             from distrib.report import finish_run
@@ -136,11 +169,38 @@ def run(cfg: Config, env: DistEnv, device) -> dict:
             # (SIGABRT in gloo's teardown under load), failing a run that had finished.
             dist.barrier()
         tracker.close(0)
-        return summary
+        return summary, False
     except BaseException:
-        if tracker is not None:
-            tracker.close(1)
+        tracker.close(1)
         raise
+
+
+def train_job(cfg: Config, env: DistEnv, device) -> None:
+    """Both phases under run.dir's lock, held from the first check to the last write (train.refit's second
+    phase also locks run.dir/refit, so a job started on that directory alone is refused too)."""
+    run_dir = open_run_dir(cfg.run.dir, env)
+    try:
+        summary, was_done = run(cfg, env, device, run_dir)
+        if cfg.train.refit:
+            first = summary.get("phase1", summary)  # a finished job's summary.json is already the combined one
+            refit = refit_config(cfg, first["best_epoch"])
+            refit_dir = open_run_dir(refit.run.dir, env)
+            try:
+                if env.is_main and not was_done:
+                    # A requeued job passes through the finished first phase quickly (it resumes as finished),
+                    # then resumes this one from run.dir/refit's own checkpoints.
+                    log.info("refit: training on training + validation ratings for %s in %s",
+                             plural(first["best_epoch"], "epoch"), refit.run.dir)
+                second, refit_done = run(refit, env, device, refit_dir)
+            finally:
+                refit_dir.close()
+            was_done = was_done and refit_done
+            if not was_done:
+                summary = refit_summary(first, second)
+                if env.is_main:  # the top-level summary describes the model the run ships: the refit's
+                    run_dir.write_json("summary.json", summary)
+        if not was_done:
+            log.info("%s", closing_line(summary, cfg.run.dir))
     finally:
         run_dir.close()
 
@@ -163,10 +223,11 @@ def main(argv: list[str] | None = None) -> int:
 def train(cfg: Config, print_config: bool = False) -> int:
     from distrib.distributed import (close_process_group, describe_lost_peers, failure_reason, init_process_group,
                                      is_peer_failure, record_peers, resolve_env, select_device)
-    from distrib.rundir import RunDir
+    from distrib.fsutil import NO_SPACE, NoSpace
 
     env = resolve_env()
     cfg = with_world_batch(cfg, env)
+    stop_on_sigint(f"run.dir {cfg.run.dir} keeps its last checkpoint: start the same command again to resume")
     check_world(cfg, env)
     if cfg.dist.embedding_sharding != "none":  # TorchRec importable, options it supports: before any rank waits
         from distrib.sharded_trainer import check_sharding_config
@@ -179,21 +240,17 @@ def train(cfg: Config, print_config: bool = False) -> int:
         record_peers()
         if env.is_main and print_config:
             log.info("config:\n%s", dump_yaml(cfg))
-        summary = run(cfg, env, device)
-        if cfg.train.refit:
-            # A requeued job passes through the finished first phase quickly (it resumes as finished), then
-            # resumes this one from run.dir/refit's own checkpoints.
-            log.info("refit: training on training + validation ratings for %s in %s/refit",
-                     plural(summary["best_epoch"], "epoch"), cfg.run.dir)
-            summary = refit_summary(summary, run(refit_config(cfg, summary["best_epoch"]), env, device))
-            if env.is_main:  # the top-level summary describes the model the run ships: the refit's
-                RunDir(cfg.run.dir).write_json("summary.json", summary)
-        log.info("%s", closing_line(summary, cfg.run.dir))
+        train_job(cfg, env, device)
     except RuntimeError as err:
         if env.world_size > 1 and is_peer_failure(err):
             # One line instead of a gloo/NCCL stack: which rank went away, and that this one stops too.
             raise JobError(f"rank {env.rank}: {describe_lost_peers(str(err))} during a collective "
                            f"({failure_reason(err)}); exiting") from None
+        raise
+    except OSError as err:
+        if err.errno in NO_SPACE:  # a plot or a W&B file on a full disk: checkpoints have their own message
+            raise NoSpace(f"{err.filename or cfg.run.dir}: no space left on its filesystem; the earlier checkpoints "
+                          "are intact: free some space and start the same command again to resume") from None
         raise
     finally:
         close_process_group()

@@ -72,6 +72,9 @@ class Trainer:
         self.train_split = to_device(data.train, device)
         self.val_split = to_device(data.val, device)
         self.steps_per_epoch = steps_per_epoch(len(self.train_split), cfg.train.batch_size)
+        if self.steps_per_epoch == 0:  # the partial batch is dropped: an epoch would train nothing
+            raise UserError(f"train.batch_size={cfg.train.batch_size} is larger than the training split "
+                            f"({len(self.train_split)} ratings): an epoch would have no step; lower train.batch_size")
         torch.manual_seed(cfg.train.seed)  # the same initial weights whatever the world size
         self.model = build_model(cfg.model, data.n_users, data.n_items, data.rating_min, data.rating_max).to(device)
         if self.model.needs_train_ratings:  # its input is the training rating matrix (autorec)
@@ -81,6 +84,7 @@ class Trainer:
         self.progress = Progress()
         self.metrics: list[dict] = []
         self.members = 1  # predictions per rating in training: an ensemble's members each give one
+        self.resumed_from = None  # the checkpoint this run resumed from, for the caller's log
         self._build_parallel()
         requested = "fp32" if cfg.train.precision == "auto" and not self.supports_bf16 else cfg.train.precision
         self.precision = resolve_precision(requested, device)  # auto -> fp32 or bf16 for this device
@@ -108,8 +112,13 @@ class Trainer:
 
     # ---- resume -------------------------------------------------------------------------------------
     def _resume(self) -> None:
-        state, path = ckpt.load_latest(self.run.checkpoints)
+        state, path, problems = ckpt.load_latest(self.run.checkpoints)
         if state is None:
+            history = self.run.history()
+            if history:  # a fresh start here would overwrite these: the user must choose that explicitly
+                raise UserError(f"run.dir {self.run.path}: holds a run ({', '.join(history)}) but no checkpoint to "
+                                f"resume from ({'; '.join(problems) or 'no last.pt'}); nothing was changed: to "
+                                "start over, choose a new run.dir (or remove this one)")
             return
         check_resume(state.get("config", {}), self.cfg, self.run.path)  # before anything is loaded or written
         try:
@@ -117,8 +126,28 @@ class Trainer:
         except RuntimeError as err:
             raise UserError(f"run.dir {self.run.path}: {path.name} holds a different model "
                             f"({ckpt.describe_mismatch(err)}); use a new run.dir or the config it was trained with") from None
+        self._check_best()
         self.optimizer.load_state_dict(state["optimizer"])
         self._load_meta_state(state, path)
+
+    def _check_best(self) -> None:
+        """best.pt must load before anything runs: the end of the run evaluates it, and a damaged one found only
+        then would cost the whole resumed run."""
+        best = self.run.checkpoints / "best.pt"
+        if not best.exists():
+            return
+        try:
+            ckpt.read(best)
+        except ckpt.UnsafeCheckpoint:
+            raise
+        except Exception as err:
+            raise UserError(f"{best}: {ckpt.describe_unreadable(err)}; nothing was changed: the best model's weights "
+                            "are lost (`python -m distrib.evaluate RUN_DIR --checkpoint last` still works); "
+                            "to train again, choose a new run.dir") from None
+
+    @property
+    def finished(self) -> bool:
+        return self.progress.epoch > 0 and (self.early.should_stop or self.progress.epoch >= self.cfg.train.epochs)
 
     def _load_meta_state(self, state: dict, path) -> None:
         """Everything of a checkpoint but model and optimizer."""
@@ -130,7 +159,7 @@ class Trainer:
         # Rows of epochs after the checkpoint were written by a run that died before saving: drop them.
         # Rows number epochs from 1 (as the console does); progress.epoch counts the epochs finished.
         self.metrics = [row for row in self.run.read_metrics() if row["epoch"] <= self.progress.epoch]
-        log.info("resumed from %s at epoch %d (step %d)", path, self.progress.epoch, self.progress.step)
+        self.resumed_from = path
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **self.meta_state()}
@@ -152,7 +181,7 @@ class Trainer:
     def fit(self, tracker) -> dict:
         self.tracker = tracker
         cfg = self.cfg.train
-        if self.progress.epoch > 0 and (self.early.should_stop or self.progress.epoch >= cfg.epochs):
+        if self.finished:
             log.info("run already finished at epoch %d", self.progress.epoch)
         while self.progress.epoch < cfg.epochs and not self.early.should_stop:
             self.run_epoch(self.progress.epoch)
@@ -288,7 +317,7 @@ class Trainer:
             return self.model
         model = build_model(self.cfg.model, self.data.n_users, self.data.n_items,
                             self.data.rating_min, self.data.rating_max).to(self.device)
-        model.load_state_dict(ckpt.read(best_path, map_location=self.device)["model"])
+        model.load_state_dict(ckpt.read_or_refuse(best_path, map_location=self.device)["model"])
         return model
 
 

@@ -2,7 +2,9 @@
 
 The folder name hashes everything that changes the result, so a changed setting builds a new folder and
 never reuses a stale one. A folder is written under a temp name and renamed, so its existence means it is
-complete. Readers open the arrays with mmap_mode='r': N ranks on one node share one copy in the page cache.
+complete. meta.json also records every file's size and CRC-32, and each open checks them (a truncated or deleted
+array would otherwise break every later run): a damaged folder is rebuilt under the lock. Readers open the arrays
+with mmap_mode='r': N ranks on one node share one copy in the page cache.
 """
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from distrib.data.types import PreparedData, RatingSplit
 
-CACHE_VERSION = 1  # bump when the layout or the preparation changes
+CACHE_VERSION = 2  # bump when the layout or the preparation changes
 SPLITS = ("train", "val", "test")
 FIELDS = ("users", "items", "ratings", "timestamps")
 META = "meta.json"
@@ -28,8 +31,41 @@ def cache_key(parts: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+_CHUNK = 16 << 20
+
+
 def is_complete(folder: Path) -> bool:
     return (folder / META).is_file()
+
+
+def damage(folder: Path) -> str | None:
+    """None when the folder is complete and every file has the size and CRC-32 written with it; else what is
+    wrong ("missing", "train_users.npy: 812 bytes, expected 48000"). CRC-32 reads ~0.4-1 GB/s: ml-25m's 0.5 GB
+    costs about a second per rank."""
+    if not is_complete(folder):
+        return "missing"
+    try:
+        with open(folder / META) as f:
+            files = json.load(f)["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{META} unreadable"
+    for name, (size, crc) in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} missing"
+        if path.stat().st_size != size:
+            return f"{name}: {path.stat().st_size} bytes, expected {size}"
+        if _crc32(path) != crc:
+            return f"{name}: checksum mismatch"
+    return None
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 def write_cache(folder: Path, arrays: dict[str, dict[str, np.ndarray] | None], user_ids: np.ndarray,
@@ -49,10 +85,11 @@ def write_cache(folder: Path, arrays: dict[str, dict[str, np.ndarray] | None], u
         if titles is not None:
             with open(tmp / "items.json", "w", encoding="utf-8") as f:
                 json.dump({"titles": titles, "genres": genres}, f, ensure_ascii=False)
-        meta = {**meta, "splits": {s: arrays[s] is not None for s in SPLITS}}
+        files = {p.name: [p.stat().st_size, _crc32(p)] for p in sorted(tmp.iterdir())}
+        meta = {**meta, "splits": {s: arrays[s] is not None for s in SPLITS}, "files": files}
         with open(tmp / META, "w") as f:  # written last: its presence marks the folder complete
             json.dump(meta, f, indent=1, default=str)
-        if is_complete(folder):
+        if damage(folder) is None:
             # Built meanwhile by a process whose lock this one could not see (nodes sharing a file system
             # that does not pass flock between them): keep theirs, which readers may already have open.
             return

@@ -32,13 +32,14 @@ def read_table(path: Path, sep: str = "auto", header: bool | None = None, *, int
                encoding: str = "utf-8") -> tuple[pd.DataFrame, int]:
     """Columns user, item, rating (float64) and maybe timestamp; and the file line of row 0.
 
-    `header=None` sniffs it: a first line whose rating field is not a number is a header.
+    `header=None` sniffs it: a first line is a header when its rating field is not a number and its user or
+    item field is not one either; `1,2,abc,0` is a rating with a bad value, reported as such.
     `int_ids` requires non-negative integer ids (MovieLens layouts); otherwise ids may be any string.
     """
     check_file(path)
     first_fields, sep = _sniff(path, sep, encoding)
     if header is None:
-        header = not _is_number(first_fields[2])
+        header = not _is_number(first_fields[2]) and not (_is_number(first_fields[0]) and _is_number(first_fields[1]))
     n_cols = min(len(first_fields), 4)
     df = _parse(path, sep, header, n_cols, int_ids, encoding)
     first_line = 2 if header else 1
@@ -91,7 +92,7 @@ def _parse(path: Path, sep: str, header: bool, n_cols: int, int_ids: bool, encod
     usecols = [2 * i for i in range(n_cols)] if sep == "::" else list(range(n_cols))
     kwargs = dict(sep=r"\s+" if sep == " " else (":" if sep == "::" else sep), header=None,
                   skiprows=1 if header else 0, usecols=usecols, encoding=encoding, engine="c",
-                  skip_blank_lines=True, encoding_errors="replace")
+                  skip_blank_lines=True, encoding_errors="strict")
     typed = {usecols[2]: "float64"}
     if int_ids:
         typed.update({usecols[0]: "int64", usecols[1]: "int64"})
@@ -99,6 +100,8 @@ def _parse(path: Path, sep: str, header: bool, n_cols: int, int_ids: bool, encod
         typed[usecols[3]] = "int64"
     try:
         df = _read_csv(path, dtype=typed, **kwargs)
+    except UnicodeDecodeError:
+        raise UserError(_undecodable(path, encoding)) from None
     except (ValueError, TypeError, OverflowError):
         # a bad value somewhere: re-read untyped so _validate can name the line
         df = _read_csv(path, dtype=str, keep_default_na=False, low_memory=False, **kwargs)
@@ -113,6 +116,19 @@ def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
         raise UserError(f"{path}: header only, no ratings") from None
     except pd.errors.ParserError as err:
         raise UserError(f"{path}: malformed file: {_short(err)}") from None
+
+
+def _undecodable(path: Path, encoding: str) -> str:
+    """Which line is not valid text: ids that differ only in accents (café, cafè in latin-1) must never be
+    decoded to one replacement character and merged into one user."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError as err:
+                return (f"{path}: line {number} is not valid {encoding.upper()} (byte 0x{line[err.start]:02x} at "
+                        f"column {err.start + 1}); save the file as {encoding.upper()}")
+    return f"{path}: not valid {encoding.upper()} text"
 
 
 def _short(err: Exception) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distrib.data.cache import cache_key, is_complete, open_cache, write_cache
+from distrib.data.cache import cache_key, damage, open_cache, write_cache
 from distrib.data.download import LOCK_HINT, ensure_movielens
 from distrib.data.encode import encode
 from distrib.data.movielens import ML100K_SPLITS, RATINGS_FILE, read_file, read_movielens
@@ -45,9 +45,12 @@ def load_dataset(cfg) -> PreparedData:
     parts = _key_parts(cfg, source)
     folder = cache_root / f"{cfg.name}-{cache_key(parts)}"
     built = False
-    if not is_complete(folder):
+    if damage(folder):
         with FileLock(cache_root / f".{folder.name}.lock", hint=LOCK_HINT):
-            if not is_complete(folder):  # another rank may have built it while we waited
+            problem = damage(folder)  # another rank may have built it while we waited
+            if problem:
+                if problem != "missing":
+                    log.warning("data cache %s is damaged (%s): rebuilding it", folder, problem)
                 _build(cfg, source, folder, parts)
                 built = True
     data = open_cache(folder)

@@ -84,10 +84,13 @@ def random_fields(shape: list[int], bits: int, device: torch.device) -> torch.Te
     return (lanes if lanes.numel() == n else lanes[:n].clone()).view(shape)
 
 
-@torch.library.custom_op("distrib::random_fields_like", mutates_args=())
+# Tagged nondeterministic_seeded, as torch's own random ops are: the compiler must treat every call as a new draw.
+# Untagged, the op looks pure, and torch 2.14's graph CSE merged two same-shaped calls (their inputs x and x * 1.0
+# simplified to one) into a single mask; the tag also keeps the partitioner from redrawing a mask for backward.
+@torch.library.custom_op("distrib::random_fields_like", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
 def random_fields_like(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """random_fields of x's shape, as one opaque op: torch.compile neither breaks its graph on `random_` nor
-    merges two calls (each takes a different x); the threshold, cast and multiply after it still fuse."""
+    """random_fields of x's shape, as one opaque op: torch.compile does not break its graph on `random_`; the
+    threshold, cast and multiply after it still fuse."""
     return random_fields(list(x.shape), bits, x.device)
 
 
