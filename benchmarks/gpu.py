@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import REPO, SINGLE, article_config, fmt_rate, time_call, train_flops_per_sample
+from benchmarks.harness import REPO, SINGLE, article_config, fmt_rate, time_call, time_epochs, train_flops_per_sample
 from distrib.data import PreparedData, RatingSplit
 from distrib.rundir import RunDir
 from distrib.trainer import Trainer
@@ -80,14 +80,7 @@ def time_variant(data: PreparedData, overrides: list[str], env=SINGLE, epochs: i
         run = RunDir(tmp)
         run.open()
         trainer = Trainer(cfg, env, device, data, run)
-        started = time.perf_counter()
-        trainer.train_epoch(0)  # warm-up: compilation, cuBLAS heuristics, allocator
-        warm_s = time.perf_counter() - started
-        sync()
-        started = time.perf_counter()
-        for epoch in range(1, 1 + epochs):
-            trainer.train_epoch(epoch)  # ends in .item(): the epoch's only host sync
-        seconds = time.perf_counter() - started
+        warm_s, seconds = time_epochs(trainer, epochs, sync)
         no_sync_s = None
         if hasattr(trainer.ddp, "no_sync"):
             with trainer.ddp.no_sync():

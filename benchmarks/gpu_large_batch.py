@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 
 import torch
 
 from benchmarks.gpu import SIZES, gpu_rates, synthetic
-from benchmarks.harness import SINGLE, article_config, fmt_rate, time_call, train_flops_per_sample
+from benchmarks.harness import SINGLE, article_config, fmt_rate, time_call, time_epochs, train_flops_per_sample
 from distrib.precision import cpu_description, resolve_precision
 from distrib.rundir import RunDir
 from distrib.trainer import Trainer
@@ -39,14 +38,7 @@ def time_batch(data, batch: int, variant: str, device: torch.device, epochs: int
         run.open()
         try:
             trainer = Trainer(cfg, SINGLE, device, data, run)
-            started = time.perf_counter()
-            trainer.train_epoch(0)  # warm-up: cuBLAS heuristics, allocator, graph capture
-            warm_s = time.perf_counter() - started
-            sync()
-            started = time.perf_counter()
-            for epoch in range(1, 1 + epochs):
-                trainer.train_epoch(epoch)  # ends in .item(): the epoch's only host sync
-            seconds = time.perf_counter() - started
+            warm_s, seconds = time_epochs(trainer, epochs, sync)
         finally:
             run.close()
     steps = trainer.steps_per_epoch * epochs

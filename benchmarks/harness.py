@@ -102,6 +102,19 @@ def run_distrib(cfg: Config, data: PreparedData, target_rmse: float = 0.0) -> di
             "samples_per_s": samples / train_s, "samples_per_cpu_s": samples / trainer.train_cpu_s, "epochs": len(rows)}
 
 
+def time_epochs(trainer, epochs: int, sync=lambda: None) -> tuple[float, float]:
+    """Seconds of one warm-up epoch (compilation, cuBLAS heuristics, the allocator, a graph capture), then of
+    `epochs` timed ones; each epoch ends in .item(), its only host sync."""
+    started = time.perf_counter()
+    trainer.train_epoch(0)
+    warm_s = time.perf_counter() - started
+    sync()
+    started = time.perf_counter()
+    for epoch in range(1, 1 + epochs):
+        trainer.train_epoch(epoch)
+    return warm_s, time.perf_counter() - started
+
+
 def time_call(fn, repeat: int, warmup: int = 2, clock=time.perf_counter) -> float:
     """Median seconds of fn() over repeat calls (clock=time.process_time: CPU seconds, blind to waits)."""
     for _ in range(warmup):
