@@ -150,3 +150,20 @@ def cluster_problem() -> str:
         return f"no usable SLURM node (sinfo: {proc.stdout.strip() or proc.stderr.strip()})"
     return ""
 
+
+def training_pids(run_dir: Path, environ_entry: str) -> list[int]:
+    """The training processes of this run whose environment holds `environ_entry` (e.g. SLURM_PROCID=1):
+    every SLURM task, on every node of the dev cluster, is a process of this machine."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"distrib.train" in cmdline and f"run.dir={run_dir}".encode() in cmdline \
+                and environ_entry.encode() in environ:
+            pids.append(int(entry.name))
+    return pids

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.launch.common import SLOW, cancel, epochs_done, wait_job, wait_until
+from tests.launch.common import SLOW, cancel, epochs_done, training_pids, wait_job, wait_until
 from tests.multinode.test_sbatch import submit
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slurm, pytest.mark.slow]
@@ -18,20 +18,8 @@ TIMEOUT_S = 30
 
 
 def node_tasks(run_dir: Path, node: str) -> list[int]:
-    """The training processes of this run that slurmd started on `node` (all nodes share this machine's pids)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"distrib.train" in cmdline and f"run.dir={run_dir}".encode() in cmdline \
-                and f"SLURMD_NODENAME={node}".encode() in environ:
-            pids.append(int(entry.name))
-    return pids
+    """The training processes of this run that slurmd started on `node`."""
+    return training_pids(run_dir, f"SLURMD_NODENAME={node}")
 
 
 @pytest.mark.timeout(420)

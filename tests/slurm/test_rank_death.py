@@ -9,26 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.launch.common import SLOW, cancel, epochs_done, wait_job, wait_until
+from tests.launch.common import SLOW, cancel, epochs_done, training_pids, wait_job, wait_until
 from tests.slurm.test_sbatch import submit
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def _task_pid(run_dir: Path, procid: str) -> int | None:
-    """The training process of SLURM task `procid` writing to run_dir (all tasks run on this machine)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"distrib.train" in cmdline and f"run.dir={run_dir}".encode() in cmdline \
-                and f"SLURM_PROCID={procid}".encode() in environ:
-            return int(entry.name)
-    return None
+    """The training process of SLURM task `procid` writing to run_dir."""
+    pids = training_pids(run_dir, f"SLURM_PROCID={procid}")
+    return pids[0] if pids else None
 
 
 @pytest.mark.timeout(240)
