@@ -7,6 +7,7 @@ running it.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,23 @@ def data_root() -> Path:
     if not (Path(root) / "ml-100k").is_dir():
         pytest.fail(f"DISTRIB_TEST_DATA={root} has no ml-100k/ directory")
     return Path(root)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """`tmpfs(options)` mounts a real tmpfs (e.g. "size=1m", "ro,size=1m") and returns its path: a full or
+    read-only filesystem for real (root ignores file modes and quotas, so a mount is the honest test)."""
+    mounted = []
+
+    def make(options: str) -> Path:
+        point = tmp_path / f"mnt{len(mounted)}"
+        point.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
+        if proc.returncode != 0:
+            skip_or_fail(f"cannot mount a tmpfs (needs root): {proc.stderr.decode().strip()}")
+        mounted.append(point)
+        return point
+
+    yield make
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], check=False)

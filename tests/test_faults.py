@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from tests.helpers import REPO, check_ok, clean_env, metrics, skip_or_fail, summary, tiny, train_cli, weights
+from tests.helpers import REPO, check_ok, clean_env, metrics, summary, tiny, train_cli, weights
 
 pytestmark = pytest.mark.slow  # every test here launches processes or trains
 
@@ -117,28 +117,9 @@ def test_unusable_run_dir_is_reported_before_any_training(tmp_path, run_dir, fra
     assert "[001/" not in proc.stdout
 
 
-@pytest.fixture
-def small_mount(tmp_path):
-    """A real filesystem that is full or read-only (root ignores file modes, so a mount is the honest test)."""
-    mounted = []
-
-    def make(options):
-        point = tmp_path / f"mnt{len(mounted)}"
-        point.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
-        if proc.returncode != 0:
-            skip_or_fail(f"cannot mount a tmpfs (needs root): {proc.stderr.decode().strip()}")
-        mounted.append(point)
-        return point
-
-    yield make
-    for point in mounted:
-        subprocess.run(["umount", str(point)], check=False)
-
-
 @pytest.mark.parametrize("options, fragment", [("size=1m", "MiB free"), ("ro,size=1m", "not writable")])
-def test_full_or_read_only_run_dir_is_refused_before_training(tmp_path, small_mount, options, fragment):
-    point = small_mount(options)
+def test_full_or_read_only_run_dir_is_refused_before_training(tmp_path, tmpfs, options, fragment):
+    point = tmpfs(options)
     proc = train_cli(tiny(tmp_path, "x") + [f"run.dir={point / 'run'}"])
     assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert "[001/" not in proc.stdout

@@ -152,27 +152,6 @@ def test_a_damaged_data_cache_is_found_and_rebuilt(copy):
     assert "is damaged (" not in proc.stdout and "resumed from" in proc.stdout and "[003/003]" in proc.stdout
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """A real filesystem of a given size (root ignores file modes and quotas, so a mount is the honest test)."""
-    mounted = []
-
-    def make(size):
-        point = tmp_path / f"mnt{len(mounted)}"
-        point.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], capture_output=True)
-        if proc.returncode != 0:
-            if os.environ.get("CI"):
-                pytest.fail(f"cannot mount a tmpfs in CI: {proc.stderr.decode().strip()}")
-            pytest.skip("mounting a tmpfs needs root")
-        mounted.append(point)
-        return point
-
-    yield make
-    for point in mounted:
-        subprocess.run(["umount", "-l", str(point)], check=False)
-
-
 def _start(args, module="distrib.train", **popen):
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=clean_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
@@ -204,7 +183,7 @@ def _fill(point: Path, leave_bytes: int) -> Path:
 
 
 def test_a_full_disk_mid_run_is_one_line_and_the_next_start_resumes(tmp_path, tmpfs):
-    point = tmpfs("72m")  # above the 64 MiB the start-up check asks for
+    point = tmpfs("size=72m")  # above the 64 MiB the start-up check asks for
     args = tiny(tmp_path, "unused", "train.epochs=200", "model.n_factors=64", f"run.dir={point / 'run'}")
     proc = _start(args)
     _wait_for_epochs(point / "run", 2, proc)
