@@ -25,7 +25,7 @@ def test_two_task_sharded_job_completes_with_dcp_checkpoints(tmp_path):
     run = tmp_path / "sharded"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["epochs_run"] == 3
-    assert epochs_done(run) == [0, 1, 2]
+    assert epochs_done(run) == [1, 2, 3]
     assert (run / "checkpoints" / "last.dcp" / "meta.pt").is_file()
     assert (run / "checkpoints" / "best.dcp" / ".metadata").is_file()
     assert "(slurm)" in log.read_text()
