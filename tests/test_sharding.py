@@ -138,5 +138,5 @@ def test_sharded_refit_trains_a_second_phase_and_evaluates_it(tmp_path):
     check_ok(train_cli(args, nproc=2))
     refit = tmp_path / "run" / "refit"
     assert (refit / "checkpoints" / "last.dcp").is_dir()
-    assert summary(refit)["epochs_run"] == summary(tmp_path / "run")["best_epoch"]
+    assert summary(refit)["epochs_run"] == summary(tmp_path / "run")["phase1"]["best_epoch"]
     assert summary(refit)["test_rmse"] > 0
