@@ -186,6 +186,10 @@ class DistConfig(Section):
     embedding_sharding: Literal["none", "row_wise", "table_wise", "auto"] = option(
         "none", "none: whole tables on every rank (DDP); row_wise, table_wise, auto (TorchRec's planner): tables "
                 "sharded across ranks with TorchRec, the rest in DDP (docs/sharding.md; needs the [torchrec] extra)")
+    embedding_update: Literal["touched_rows", "dense"] = option(
+        "touched_rows", "sharded tables: touched_rows: Adam updates only the rows a step looked up (lazy Adam, as "
+                        "FBGEMM's fused optimizers; cost follows the batch); dense: every row every step, exactly "
+                        "replicated mode's update (cost follows the catalog)", changeable=True)
 
 
 @dataclass

@@ -23,7 +23,8 @@ from distrib.metrics import error_sums, from_sums
 from distrib.models import build_model, build_penalty
 from distrib.sampler import shard_bounds
 from distrib.schedule import build_scheduler
-from distrib.sharding import build_sharded, dense_state, gather_tables, require_torchrec
+from distrib.sharding import build_sharded, dense_kernels, dense_state, gather_tables, require_torchrec
+from distrib.touched_rows import attach_to_optimizer
 from distrib.trainer import EVAL_BATCH, DeviceSplit, Trainer, build_optimizer
 
 log = logging.getLogger("distrib")
@@ -52,11 +53,13 @@ class ShardedTrainer(Trainer):
         cfg = self.cfg
         check_sharding_config(cfg)
         self.ddp, self.wrapper = build_sharded(self.model, cfg.model.name, cfg.dist.embedding_sharding, self.device,
-                                               cfg.dist.bucket_cap_mb)
+                                               cfg.dist.bucket_cap_mb, cfg.dist.embedding_update)
         if cfg.dist.grad_compression == "bf16":
             self.ddp._dmp_wrapped_module.register_comm_hook(None, bf16_allreduce_hook)
         self.penalty = build_penalty(cfg.model, self.model)  # after sharding: it reads the tables' slots
         self.optimizer = build_optimizer(self.ddp, cfg, self.device)
+        if cfg.dist.embedding_update == "touched_rows":
+            attach_to_optimizer(dense_kernels(self.ddp), self.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
         self._resume()
 

@@ -123,9 +123,11 @@ class ShardedLookupModel(nn.Module):
 
 # ---- sharding: plan, DMP, the CPU kernel fix, initial weights, full tables back --------------------------
 
-def build_sharded(model: nn.Module, model_name: str, mode: str, device: torch.device, bucket_cap_mb: float = 25.0):
+def build_sharded(model: nn.Module, model_name: str, mode: str, device: torch.device, bucket_cap_mb: float = 25.0,
+                  embedding_update: str = "dense"):
     """DMP around the model with its tables sharded per `mode` and the rest in DDP (`bucket_cap_mb`, as
-    `dist.bucket_cap_mb`); returns (dmp, wrapper)."""
+    `dist.bucket_cap_mb`), the tables' kernels as `dist.embedding_update` asks; returns (dmp, wrapper).
+    With touched_rows, `distrib.touched_rows.attach_to_optimizer` must then hook the optimizer."""
     from torchrec.distributed import comm_ops
     from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
     from torchrec.distributed.types import ShardingEnv
@@ -138,7 +140,10 @@ def build_sharded(model: nn.Module, model_name: str, mode: str, device: torch.de
     dmp = DistributedModelParallel(wrapper, env=ShardingEnv.from_process_group(world), device=device,
                                    plan=plan, sharders=[sharder],
                                    data_parallel_wrapper=DefaultDataParallelWrapper(bucket_cap_mb=bucket_cap_mb))
-    _fix_cpu_sequence_kernels(dmp)
+    if embedding_update == "touched_rows":
+        _use_touched_rows_kernels(dmp)
+    else:
+        _fix_cpu_sequence_kernels(dmp)
     _copy_initial_weights(dmp, wrapper)
     return dmp, wrapper
 
@@ -196,6 +201,15 @@ def _planner_plan(wrapper: ShardedLookupModel, device: torch.device):
     return plan
 
 
+def dense_kernels(dmp: nn.Module) -> list[nn.Module]:
+    """The DENSE-kernel modules holding this rank's table shards."""
+    from torchrec.distributed.batched_embedding_kernel import BatchedDenseEmbedding
+
+    return [kernel for module in dmp.modules() for lookup in getattr(module, "_lookups", [])
+            for kernel in getattr(getattr(lookup, "module", lookup), "_emb_modules", [])
+            if isinstance(kernel, BatchedDenseEmbedding)]
+
+
 def _fix_cpu_sequence_kernels(dmp: nn.Module) -> None:
     from torchrec.distributed.batched_embedding_kernel import BatchedDenseEmbedding
 
@@ -213,11 +227,18 @@ def _fix_cpu_sequence_kernels(dmp: nn.Module) -> None:
             rows = out.view(batch, n_keys, width).transpose(0, 1).reshape(n_keys * batch, width)
             return rows[lengths.bool()]
 
-    for module in dmp.modules():
-        for lookup in getattr(module, "_lookups", []):
-            for kernel in getattr(getattr(lookup, "module", lookup), "_emb_modules", []):
-                if type(kernel) is BatchedDenseEmbedding:
-                    kernel.__class__ = SequenceDenseEmbedding
+    for kernel in dense_kernels(dmp):
+        kernel.__class__ = SequenceDenseEmbedding
+
+
+def _use_touched_rows_kernels(dmp: nn.Module) -> None:
+    from torchrec.distributed.batched_embedding_kernel import BatchedDenseEmbedding
+
+    from distrib.touched_rows import convert_kernel, touched_rows_kernel
+
+    kernel_class = touched_rows_kernel(BatchedDenseEmbedding)
+    for kernel in dense_kernels(dmp):
+        convert_kernel(kernel, kernel_class)
 
 
 def table_state_keys(dmp: nn.Module, wrapper: ShardedLookupModel) -> dict[str, str]:

@@ -34,19 +34,31 @@ def rel_l2(a: dict, b: dict) -> float:
     return max(((a[k].float() - b[k].float()).norm() / a[k].float().norm().clamp_min(1e-12)).item() for k in a)
 
 
+@pytest.mark.timeout(900)  # six short trainings and two readers
 def test_sharded_weights_equal_replicated_on_1_2_3_ranks_and_readers_need_no_group(tmp_path):
     args = NO_DROPOUT + ["train.epochs=2", "model.bias=true"]
     check_ok(train_cli(tiny(tmp_path, "replicated", *args)))
     reference = weights(tmp_path / "replicated/checkpoints/last.pt")
-    runs = {"s1": (0, "row_wise"), "s2": (2, "row_wise"), "s3": (3, "table_wise")}
-    for name, (nproc, mode) in runs.items():
+    # dense: replicated mode's update, so the replicated weights; touched_rows: lazy Adam, the same on any
+    # number of ranks (compared with its own 1-rank run)
+    runs = {"s2d": (2, "row_wise", "dense"), "s3": (3, "table_wise", "dense"),
+            "t1": (0, "row_wise", "touched_rows"), "s2": (2, "row_wise", "touched_rows"),
+            "t3": (3, "table_wise", "touched_rows")}
+    for name, (nproc, mode, update) in runs.items():
         extra = ["tracking.mode=offline"] if name == "s2" else []
-        check_ok(train_cli(tiny(tmp_path, name, *args, *extra, f"dist.embedding_sharding={mode}"), nproc=nproc))
-        diff = rel_l2(reference, sharded_weights(tmp_path / name))
-        print(f"{name} ({mode}): max relative L2 distance to replicated {diff:.2e}")
+        check_ok(train_cli(tiny(tmp_path, name, *args, *extra, f"dist.embedding_sharding={mode}",
+                                f"dist.embedding_update={update}"), nproc=nproc))
+    references = {"dense": ("replicated", reference), "touched_rows": ("t1", sharded_weights(tmp_path / "t1"))}
+    assert rel_l2(reference, references["touched_rows"][1]) > 1e-3  # the lazy update really differs
+    for name, (_, mode, update) in runs.items():
+        reference_run, reference_weights = references[update]
+        if name == reference_run:
+            continue
+        diff = rel_l2(reference_weights, sharded_weights(tmp_path / name))
+        print(f"{name} ({mode}, {update}): max relative L2 distance to {reference_run} {diff:.2e}")
         assert diff <= 1e-4
         assert summary(tmp_path / name)["best_val_rmse"] == pytest.approx(
-            summary(tmp_path / "replicated")["best_val_rmse"], rel=1e-5)
+            summary(tmp_path / reference_run)["best_val_rmse"], rel=1e-5)
     run = tmp_path / "s2"
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["best.dcp", "last.1.dcp", "last.dcp"], names  # the rotation contract, no temp dirs left
