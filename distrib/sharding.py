@@ -7,12 +7,14 @@ collection, so the 1-wide bias tables sit in a second one), which `DistributedMo
 wire all-to-all; everything else is wrapped in DDP by DMP. Each table's place in the model is taken by a
 `_Slot` that hands the model the rows looked up for the current batch, so the model code is unchanged.
 
-Optimizer: FBGEMM's fused optimizers have no Adam on CPU (only SGD and Adagrad variants), so the tables use
-TorchRec's DENSE compute kernel: each rank's shard is an ordinary parameter with a dense gradient, and
-torch's Adam/AdamW (the same one as replicated mode) updates it. The update is therefore the replicated one
-(every row decayed and its moments advanced each step), split by rows over ranks. On CPU, FBGEMM's dense
-kernel pools even when asked for sequence output; `_SequenceDenseEmbedding` lays its output out as sequence
-rows (each sample looks up exactly one id per table, so pooling one row is that row).
+Optimizer (`dist.embedding_update`): FBGEMM's fused optimizers have no Adam on CPU (only SGD and Adagrad
+variants), so the tables sit in TorchRec's DENSE kernel modules. With `dense`, each rank's shard is an
+ordinary parameter with a dense gradient, and torch's Adam/AdamW (the same one as replicated mode) updates
+it: the replicated update (every row decayed and its moments advanced each step), split by rows over
+ranks. On CPU, FBGEMM's dense kernel pools even when asked for sequence output; `_fix_cpu_sequence_kernels`
+lays its output out as sequence rows (each sample looks up exactly one id per table, so pooling one row is
+that row). With `touched_rows`, `distrib.touched_rows` replaces the kernel's lookup and updates only the
+rows a step looked up.
 
 Gradient scale: the trainer backpropagates world_size x its local loss so that DDP's average is the gradient
 of the global sum. TorchRec's all-to-all backward divides the tables' gradients by the world size too
