@@ -59,6 +59,18 @@ RULES = {  # name -> overrides; warmup length in epochs of the row's own batch
     # then one long anneal (at 32k on ml-100k, restarts every 2 epochs are cycles of 4 steps)
     "sqrt+one_cycle": ["train.lr_scaling=sqrt", "train.warmup_epochs=0", "train.schedule=one_cycle"],
     "linear+one_cycle": ["train.lr_scaling=linear", "train.warmup_epochs=0", "train.schedule=one_cycle"],
+    # what the issue names where the rules above fail: a longer warmup, ...
+    "sqrt+warmup6": ["train.lr_scaling=sqrt", "train.warmup_epochs=6"],
+    # ... batch ramp-up (2k, 4k, 8k, 16k, then the row's batch; lr by the rule at each epoch's batch) ...
+    "sqrt+ramp4": ["train.lr_scaling=sqrt", "train.warmup_epochs=0", "train.batch_ramp_epochs=4"],
+    "linear+one_cycle+ramp4": ["train.lr_scaling=linear", "train.warmup_epochs=0", "train.schedule=one_cycle",
+                               "train.batch_ramp_epochs=4"],
+    # ... and LAMB's layer-wise trust ratio, whose lr is a fraction of each tensor's norm per step: Adam's 1e-3
+    # per element is about 0.03 of these weights' rms (0.03-0.045), hence the two lrs tried
+    "lamb1e-2+one_cycle": ["train.optimizer=lamb", "train.lr=1e-2", "train.lr_scaling=sqrt", "train.warmup_epochs=0",
+                           "train.schedule=one_cycle"],
+    "lamb3e-2+one_cycle": ["train.optimizer=lamb", "train.lr=3e-2", "train.lr_scaling=sqrt", "train.warmup_epochs=0",
+                           "train.schedule=one_cycle"],
 }
 
 
@@ -83,7 +95,7 @@ def train_row(dataset: str, batch: int, rule: str, epochs: int, extra: list[str]
     train_s = sum(r["epoch_seconds"] for r in rows)
     return {"val_curve": [r["val_rmse"] for r in rows], "best_val": summary["best_val_rmse"],
             "test": summary.get("test_rmse"), "best_epoch": summary["best_epoch"], "epochs_run": len(rows),
-            "steps_per_epoch": trainer.steps_per_epoch, "lr": trainer.scheduler.peak_lr,
+            "steps_per_epoch": trainer.steps_per_epoch, "steps": summary["steps"], "lr": trainer.scheduler.peak_lr,
             "samples_per_s": sum(r["samples_per_s"] * r["epoch_seconds"] for r in rows) / max(train_s, 1e-9),
             "wall_s": wall, "threads": torch.get_num_threads()}
 
@@ -97,19 +109,19 @@ def epochs_within(curve: list[float], target: float) -> int | None:
 
 def print_table(results: list[dict]) -> None:
     ref = {r["dataset"]: r for r in results if r["batch"] == REF_BATCH and r["rule"] == "sqrt" and "best_val" in r}
-    print(f"{'dataset':16s} {'batch':>7s} {'rule':14s} {'peak lr':>8s} {'steps/ep':>8s} {'best val':>8s} "
+    print(f"{'dataset':16s} {'batch':>7s} {'rule':22s} {'peak lr':>8s} {'steps/ep':>8s} {'best val':>8s} "
           f"{'test':>7s} {'d test':>7s} {'ep<=ref+.005':>12s} {'x ref':>6s} {'best ep':>7s} {'run':>4s} "
           f"{'samples/s':>9s} {'wall s':>7s}")
     for r in results:
         if "skipped" in r:
-            print(f"{r['dataset']:16s} {r['batch']:7d} {r['rule']:14s} skipped: {r['skipped']}")
+            print(f"{r['dataset']:16s} {r['batch']:7d} {r['rule']:22s} skipped: {r['skipped']}")
             continue
         base = ref.get(r["dataset"])
         reach = epochs_within(r["val_curve"], base["best_val"]) if base else None
         base_reach = epochs_within(base["val_curve"], base["best_val"]) if base else None
         ratio = f"{reach / base_reach:6.2f}" if reach and base_reach else f"{'-':>6s}"
         d_test = r["test"] - base["test"] if base else math.nan
-        print(f"{r['dataset']:16s} {r['batch']:7d} {r['rule']:14s} {r['lr']:8.2e} {r['steps_per_epoch']:8d} "
+        print(f"{r['dataset']:16s} {r['batch']:7d} {r['rule']:22s} {r['lr']:8.2e} {r['steps_per_epoch']:8d} "
               f"{r['best_val']:8.4f} {r['test']:7.4f} {d_test:+7.4f} {reach or '>' + str(r['epochs_run']):>12} "
               f"{ratio} {r['best_epoch']:7d} {r['epochs_run']:4d} {r['samples_per_s']:9.0f} {r['wall_s']:7.0f}")
     print(f"\nep<=ref+.005: first epoch whose validation RMSE is within {WITHIN} of the batch-{REF_BATCH} row's best; "

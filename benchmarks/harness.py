@@ -97,7 +97,7 @@ def run_distrib(cfg: Config, data: PreparedData, target_rmse: float = 0.0) -> di
             run.close()
     rows = trainer.epoch_rows
     train_s = trainer.train_s  # not the validation pass: the article loop's figure excludes it too
-    samples = trainer.steps_per_epoch * cfg.train.batch_size * len(trainer.metrics)
+    samples = sum(trainer.epoch_samples(epoch) for epoch in range(len(trainer.metrics)))
     return {"summary": summary, "rows": rows, "total_s": total_s, "reached_s": trainer.reached_s,
             "samples_per_s": samples / train_s, "samples_per_cpu_s": samples / trainer.train_cpu_s, "epochs": len(rows)}
 

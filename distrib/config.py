@@ -144,10 +144,13 @@ class TrainConfig(Section):
     schedule: Literal["cosine_restarts", "one_cycle"] = option(
         "cosine_restarts", "the article's cosine restarts, or fastai's one-cycle over "
                            "train.epochs")
+    batch_ramp_epochs: int = option(0, "> 0: the global batch grows geometrically from ref_batch_size to "
+                                          "batch_size over this many epochs, the lr following lr_scaling", ge=0)
     cycle_epochs: float = option(2.0, "cosine restarts every this many epochs", gt=0.0)
     eta_min_ratio: float = option(0.1, "the cosine floor, as a fraction of the peak lr", ge=0.0, le=1.0)
-    optimizer: Literal["adam", "adamw"] = option("adam", "adam: decay as L2 (the article's); adamw: "
-                                                         "decoupled decay")
+    optimizer: Literal["adam", "adamw", "lamb"] = option(
+        "adam", "adam: decay as L2 (the article's); adamw: decoupled decay; lamb: adamw's step scaled per tensor "
+                "to lr * ||w|| (layer-wise trust ratio, for large batches; its lr is not adam's)")
     betas: list[float] = option([0.9, 0.999], "Adam's beta1, beta2", ge=0.0, lt=1.0)
     weight_decay: float = option(1e-5, "the optimizer's weight decay", ge=0.0)
     seed: int = option(0, "initial weights, shuffling, dropout masks", ge=0, le=SEED_MAX)
@@ -170,6 +173,10 @@ class TrainConfig(Section):
         require(self.schedule != "one_cycle" or self.warmup_steps == 0,
                 "train.warmup_steps: one_cycle warms up by itself (its first quarter); leave warmup_steps at 0")
         require(len(self.betas) == 2, "train.betas: two values in [0, 1), e.g. [0.9, 0.999]")
+        require(not (self.cuda_graph and self.batch_ramp_epochs),
+                "train.batch_ramp_epochs: a captured step has one batch size; set train.cuda_graph=false")
+        require(not (self.cuda_graph and self.optimizer == "lamb"),
+                "train.optimizer=lamb: not with train.cuda_graph (the captured step uses fused Adam)")
 
 
 @dataclass

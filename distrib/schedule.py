@@ -9,6 +9,11 @@ steps (`train.schedule`), stepped once per batch:
   lr/25e4; Adam's beta1 moves the other way, 0.95 -> 0.85 -> 0.95. The constants are torch's OneCycleLR
   defaults with fastai's pct_start of 0.25.
 
+Batch ramp-up (train.batch_ramp_epochs): the global batch of epoch e < ramp is ref_batch_size *
+(batch_size / ref_batch_size) ** (e / ramp) (at 32k over 4 epochs: 2k, 4k, 8k, 16k, then 32k), with the lr scaled
+to that epoch's batch by the rule; the schedule's shape runs on a clock of fractional epochs measured in the final
+batch's steps, so warmup, restarts and one_cycle span the same epochs as without the ramp.
+
 For Adam the square-root rule is the usual choice (Malladi et al., arXiv:2205.10287); linear scaling with
 warmup (Goyal et al., arXiv:1706.02677) was shown for SGD.
 """
@@ -26,10 +31,33 @@ ONE_CYCLE_FINAL_DIV = 1e4  # the last lr is the first over this
 ONE_CYCLE_BETA1 = (0.95, 0.85)  # at the ends of the cycle, and at the peak lr
 
 
-def scaled_lr(cfg: TrainConfig) -> float:
-    ratio = cfg.batch_size / cfg.ref_batch_size
+def scaled_lr(cfg: TrainConfig, batch: int | None = None) -> float:
+    """train.lr scaled from the reference batch to `batch` (default: train.batch_size) by train.lr_scaling."""
+    ratio = (batch or cfg.batch_size) / cfg.ref_batch_size
     factor = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[cfg.lr_scaling]
     return cfg.lr * factor
+
+
+def batch_at(cfg: TrainConfig, epoch: int) -> int:
+    """The global batch of `epoch` (0-based): train.batch_size, or on the ramp a geometric step towards it."""
+    ramp = cfg.batch_ramp_epochs
+    if not ramp or epoch >= ramp or cfg.batch_size <= cfg.ref_batch_size:
+        return cfg.batch_size
+    return round(cfg.ref_batch_size * (cfg.batch_size / cfg.ref_batch_size) ** (epoch / ramp))
+
+
+def ramp_position(step: int, cfg: TrainConfig, n_train: int) -> tuple[int, float]:
+    """(epoch, position on the schedule's clock) of global step `step`: the position counts the final batch's steps,
+    fractional inside a ramp epoch, and equals `step` when there is no ramp."""
+    final = n_train // cfg.batch_size
+    ramp = cfg.batch_ramp_epochs if cfg.batch_size > cfg.ref_batch_size else 0
+    done = 0  # steps of the ramp's epochs before `epoch`
+    for epoch in range(ramp):
+        steps = n_train // batch_at(cfg, epoch)
+        if step < done + steps:
+            return epoch, final * (epoch + (step - done) / steps)
+        done += steps
+    return ramp + (step - done) // max(final, 1), float(final * ramp + step - done)
 
 
 def warmup_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
@@ -40,7 +68,7 @@ def warmup_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return cfg.warmup_steps + round(epochs * steps_per_epoch)
 
 
-def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+def lr_factor(step: float, cfg: TrainConfig, steps_per_epoch: int) -> float:
     """Multiplier of the scaled peak lr at global step `step` (0-based)."""
     if cfg.schedule == "one_cycle":
         first, last = 1 / ONE_CYCLE_DIV, 1 / (ONE_CYCLE_DIV * ONE_CYCLE_FINAL_DIV)
@@ -54,7 +82,7 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     return cfg.eta_min_ratio + (1 - cfg.eta_min_ratio) * cosine
 
 
-def beta1_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float | None:
+def beta1_at(step: float, cfg: TrainConfig, steps_per_epoch: int) -> float | None:
     """Adam's beta1 at `step` under one_cycle; None where the schedule leaves train.betas alone."""
     if cfg.schedule != "one_cycle":
         return None
@@ -79,9 +107,10 @@ class StepSchedule:
     """Sets each param group's lr (and beta1, under one_cycle) for the coming step from the step count alone, so
     a resumed run continues the same curve. state_dict holds just that count."""
 
-    def __init__(self, optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    def __init__(self, optimizer, cfg: TrainConfig, steps_per_epoch: int, n_train: int | None = None):
         self.optimizer, self.cfg, self.steps_per_epoch = optimizer, cfg, steps_per_epoch
-        self.peak_lr = scaled_lr(cfg)
+        self.n_train = n_train if n_train is not None else steps_per_epoch * cfg.batch_size
+        self.peak_lr = scaled_lr(cfg)  # at train.batch_size (the ramp's epochs scale from their own batch)
         self.last_step = 0
         self._apply()
 
@@ -90,8 +119,12 @@ class StepSchedule:
         self._apply()
 
     def _apply(self) -> None:
-        lr = self.peak_lr * lr_factor(self.last_step, self.cfg, self.steps_per_epoch)
-        beta1 = beta1_at(self.last_step, self.cfg, self.steps_per_epoch)
+        peak, clock = self.peak_lr, self.last_step
+        if self.cfg.batch_ramp_epochs:
+            epoch, clock = ramp_position(self.last_step, self.cfg, self.n_train)
+            peak = scaled_lr(self.cfg, batch_at(self.cfg, epoch))
+        lr = peak * lr_factor(clock, self.cfg, self.steps_per_epoch)
+        beta1 = beta1_at(clock, self.cfg, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             if isinstance(group["lr"], torch.Tensor):  # a captured step reads its lr from the device
                 group["lr"].fill_(lr)
@@ -109,5 +142,6 @@ class StepSchedule:
         self._apply()
 
 
-def build_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int) -> StepSchedule:
-    return StepSchedule(optimizer, cfg, steps_per_epoch)
+def build_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int, n_train: int | None = None) -> StepSchedule:
+    """n_train: the training ratings, which the ramp's epochs divide by their batch (needed with a ramp)."""
+    return StepSchedule(optimizer, cfg, steps_per_epoch, n_train)

@@ -43,6 +43,9 @@ def check_sharding_config(cfg) -> None:
     if cfg.train.cuda_graph:
         raise UserError(f"train.cuda_graph: not supported with dist.embedding_sharding={mode} (TorchRec's "
                         "all-to-all runs outside a captured graph); set train.cuda_graph=false")
+    if cfg.train.optimizer == "lamb":
+        raise UserError(f"train.optimizer=lamb: not with dist.embedding_sharding={mode} (its trust ratio needs each "
+                        "table's whole norm, and a shard holds part of it); use adam or adamw")
 
 
 class ShardedTrainer(Trainer):
@@ -60,7 +63,7 @@ class ShardedTrainer(Trainer):
         self.optimizer = build_optimizer(self.ddp, cfg, self.device)
         if cfg.dist.embedding_update == "touched_rows":
             attach_to_optimizer(dense_kernels(self.ddp), self.optimizer)
-        self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch, len(self.train_split))
         self._resume()
 
     def _resume(self) -> None:

@@ -32,7 +32,8 @@ from distrib.precision import resolve_precision
 from distrib.progress import EpochProgress
 from distrib.rundir import RunDir
 from distrib.sampler import epoch_permutation, rank_batches, rank_slice, shard_bounds, steps_per_epoch
-from distrib.schedule import build_scheduler, scaled_lr
+from distrib.lamb import Lamb
+from distrib.schedule import batch_at, build_scheduler, scaled_lr
 
 log = logging.getLogger("distrib")
 EVAL_BATCH = 65536
@@ -102,7 +103,7 @@ class Trainer:
         cfg = self.cfg
         self.penalty = build_penalty(cfg.model, self.model)  # None: plain MSE
         self.optimizer = build_optimizer(self.model, cfg, self.device)
-        self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch, len(self.train_split))
         self._resume()  # before the DDP wrap, so every rank starts from the loaded weights
         if cfg.train.compile:
             # The module, not the DDP wrapper: the same compiled graph serves training and evaluate, and DDP
@@ -201,23 +202,29 @@ class Trainer:
         row = {
             "epoch": epoch + 1, "train_loss": train_loss, "val_rmse": val["rmse"], "val_mae": val["mae"],
             "val_loss": val["mse"], "lr": float(self.optimizer.param_groups[0]["lr"]), "epoch_seconds": seconds,
-            "samples_per_s": self.steps_per_epoch * self.cfg.train.batch_size / seconds, "step": self.progress.step,
+            "samples_per_s": self.epoch_samples(epoch) / seconds, "step": self.progress.step,
         }
         self.progress = Progress(epoch=epoch + 1, step=self.progress.step)
         self.metrics.append(row)
         self._save(improved)
         self._report(row, improved)
 
+    def epoch_samples(self, epoch: int) -> int:
+        """Training ratings of `epoch` (all ranks): its steps times its global batch (train.batch_ramp_epochs)."""
+        batch = batch_at(self.cfg.train, epoch)
+        return len(self.train_split) // batch * batch
+
     def train_epoch(self, epoch: int) -> float:
         """One pass over this rank's batches of the training split; the global mean squared error."""
         cfg, env = self.cfg.train, self.env
+        batch = batch_at(cfg, epoch)
         torch.manual_seed(_seed_for(cfg.seed, env.rank, epoch))  # dropout masks: distinct per rank, replayable
         self.ddp.train()
         perm = epoch_permutation(len(self.train_split), cfg.seed, epoch, self.device)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        bar = EpochProgress(self.env.is_main, self.steps_per_epoch, f"epoch {epoch + 1}")
+        bar = EpochProgress(self.env.is_main, len(self.train_split) // batch, f"epoch {epoch + 1}")
         split = self.train_split
-        for idx in rank_batches(perm, cfg.batch_size, env.rank, env.world_size):
+        for idx in rank_batches(perm, batch, env.rank, env.world_size):
             if self.static_step is not None:
                 sq_sum = self.guard.observe(self.static_step.run(idx), self.progress.step)
                 self.members = self.static_step.members
@@ -242,7 +249,7 @@ class Trainer:
             total = self.static_step.take_total()  # summed inside the captured step
         self.guard.check()  # before validation and saving: a diverged epoch is never checkpointed
         # Per rating and per member: an ensemble's figure is its members' mean loss, on validation's scale.
-        return self._global_mean(total, self.steps_per_epoch * cfg.batch_size * self.members)
+        return self._global_mean(total, self.epoch_samples(epoch) * self.members)
 
     def _after_step(self, sq_sum: torch.Tensor, idx: torch.Tensor, bar: EpochProgress) -> None:
         self.progress.step += 1
@@ -343,6 +350,9 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -
     fused = device.type in ("cuda", "cpu")
     # adam: the article's (weight decay as an L2 term in the gradient); adamw: decoupled decay (Loshchilov &
     # Hutter), which the tuned EmbeddingNet needs: with Adam the L2 term is rescaled per parameter and barely acts
+    if cfg.train.optimizer == "lamb":  # adamw's step with a per-tensor trust ratio (distrib.lamb)
+        return Lamb(model.parameters(), lr=scaled_lr(cfg.train), betas=tuple(cfg.train.betas),
+                    weight_decay=cfg.train.weight_decay)
     optimizer = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
     return optimizer(model.parameters(), lr=scaled_lr(cfg.train), weight_decay=cfg.train.weight_decay,
                      betas=tuple(cfg.train.betas), fused=fused or None,
