@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from distrib.models.dropout import dropout, keep_mask, keep_scale, relu_dropout
+from distrib.models.dropout import dropout, keep_mask, keep_scale, relu_dropout, relu_dropout_
 
 N = 400_000
 
@@ -61,6 +61,20 @@ def test_relu_dropout_equals_dropout_of_relu_with_the_same_mask():
     y.backward(g)
     assert torch.allclose(x.grad, g * mask * scale * (x.detach() > 0))
 
+
+
+@pytest.mark.parametrize("p, training", [(0.5, True), (0.25, True), (0.0, True), (0.5, False)])
+def test_in_place_relu_dropout_gives_the_same_values_and_gradients_bit_for_bit(p, training):
+    w = torch.randn(50, 40, requires_grad=True)
+    x = torch.randn(300, 50)
+    results = []
+    for fn in (relu_dropout, relu_dropout_):
+        w.grad = None
+        torch.manual_seed(5)
+        y = fn(x @ w, p, training)  # a fresh product, as a Linear's output
+        y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
+        results.append((y.detach(), w.grad.clone()))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 def test_eval_and_zero_rate_are_identity():
     x = torch.randn(100, 10)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from distrib.models.base import RatingModel
-from distrib.models.dropout import dropout, relu_dropout
+from distrib.models.dropout import dropout, relu_dropout_
 
 EMBEDDING_INIT_RANGE = 0.05
 LINEAR_BIAS_INIT = 0.01
@@ -59,7 +59,7 @@ class EmbeddingNet(RatingModel):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         x = dropout(torch.cat([self.u(users), self.m(items)], dim=1), self.drop.p, self.training)
         for linear, drop in self._blocks:
-            x = relu_dropout(linear(x), drop.p if drop is not None else 0.0, self.training)
+            x = relu_dropout_(linear(x), drop.p if drop is not None else 0.0, self.training)
         logit = self.fc(x).squeeze(-1)
         if self.user_bias is not None:
             logit = logit + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1)
