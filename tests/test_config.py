@@ -33,7 +33,7 @@ def test_defaults_file_and_overrides_precedence(tmp_path):
     ("train.compile=maybe", "train.compile: expected bool"),
     ("data.name=ml-7m", "data.name: unknown value 'ml-7m'"),
     ("train.precision=fp8", "train.precision"),
-    ("train.optimizer=sgd", "train.optimizer: unknown value 'sgd' (choose from adam, adamw)"),
+    ("train.optimizer=sgd", "train.optimizer: unknown value 'sgd' (choose from adam, adamw, lamb)"),
     ("train.betas=[0.9]", "train.betas: two values"),
     ("train.schedule=step", "train.schedule: unknown value 'step' (choose from cosine_restarts, one_cycle)"),
     ("train.epochs", "expected key=value"),
