@@ -11,13 +11,15 @@ PCA_TOP_MOVIES = 1000
 PCA_SHOW = 10
 
 
-def schedule_curve(train_cfg, steps_per_epoch: int, total_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """The learning rate the trainer's scheduler gives at each step (`train_cfg` is the TrainConfig)."""
-    from distrib.schedule import lr_factor, scaled_lr
+def schedule_curve(train_cfg, steps_per_epoch: int, total_steps: int,
+                   n_train: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The learning rate the trainer's scheduler gives at each step (`train_cfg` is the TrainConfig; n_train, the
+    training ratings, places the steps of a batch ramp)."""
+    from distrib.schedule import lr_at
 
     steps = np.arange(max(1, total_steps))
-    peak = scaled_lr(train_cfg)
-    return steps, np.array([peak * lr_factor(int(s), train_cfg, steps_per_epoch) for s in steps])
+    n = n_train if n_train is not None else steps_per_epoch * train_cfg.batch_size
+    return steps, np.array([lr_at(int(s), train_cfg, steps_per_epoch, n)[0] for s in steps])
 
 
 def find_restarts(lrs) -> list[int]:

@@ -12,7 +12,7 @@ log = logging.getLogger("distrib")
 
 def finish_run(trainer, tracker, summary: dict) -> None:
     data, step = trainer.data, trainer.progress.step
-    steps, lrs = schedule_curve(trainer.cfg.train, trainer.steps_per_epoch, max(step, 1))
+    steps, lrs = schedule_curve(trainer.cfg.train, trainer.steps_per_epoch, max(step, 1), len(trainer.train_split))
     counts = movie_counts(data.n_items, data.train.items)
     # sharded tables (distrib.sharded_trainer): the whole model, gathered to rank 0
     model = trainer.model if getattr(trainer, "report_model", None) is None else trainer.report_model

@@ -103,6 +103,15 @@ def _cosine(start: float, end: float, fraction: float) -> float:
     return end + (start - end) * (1 + math.cos(math.pi * fraction)) / 2
 
 
+def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int, n_train: int) -> tuple[float, float | None]:
+    """(lr, beta1 or None) at global step `step`: the rule's peak at this epoch's batch times the schedule's shape."""
+    peak, clock = scaled_lr(cfg), float(step)
+    if cfg.batch_ramp_epochs:
+        epoch, clock = ramp_position(step, cfg, n_train)
+        peak = scaled_lr(cfg, batch_at(cfg, epoch))
+    return peak * lr_factor(clock, cfg, steps_per_epoch), beta1_at(clock, cfg, steps_per_epoch)
+
+
 class StepSchedule:
     """Sets each param group's lr (and beta1, under one_cycle) for the coming step from the step count alone, so
     a resumed run continues the same curve. state_dict holds just that count."""
@@ -119,12 +128,7 @@ class StepSchedule:
         self._apply()
 
     def _apply(self) -> None:
-        peak, clock = self.peak_lr, self.last_step
-        if self.cfg.batch_ramp_epochs:
-            epoch, clock = ramp_position(self.last_step, self.cfg, self.n_train)
-            peak = scaled_lr(self.cfg, batch_at(self.cfg, epoch))
-        lr = peak * lr_factor(clock, self.cfg, self.steps_per_epoch)
-        beta1 = beta1_at(clock, self.cfg, self.steps_per_epoch)
+        lr, beta1 = lr_at(self.last_step, self.cfg, self.steps_per_epoch, self.n_train)
         for group in self.optimizer.param_groups:
             if isinstance(group["lr"], torch.Tensor):  # a captured step reads its lr from the device
                 group["lr"].fill_(lr)

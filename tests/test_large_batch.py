@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from distrib.analysis import schedule_curve
 from distrib.config import TrainConfig, load_config
 from distrib.errors import UserError
 from distrib.lamb import EPS, Lamb
@@ -58,6 +59,7 @@ def test_batch_ramp_grows_the_batch_geometrically_and_scales_the_lr_by_the_rule(
     # sqrt rule at each epoch's batch (a flat schedule here): 1e-3 x 1, sqrt 2, 2, sqrt 8, 4
     assert [lrs[s] for s in (0, 36, 54, 63, 67, 69)] == pytest.approx(
         [1e-3, 1e-3 * math.sqrt(2), 2e-3, 1e-3 * math.sqrt(8), 4e-3, 4e-3])
+    assert list(schedule_curve(cfg, n // 32000, 70, n)[1]) == lrs  # the run's lr plot draws the same curve
 
 
 def test_without_a_ramp_the_schedule_is_unchanged():
