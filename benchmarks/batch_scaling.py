@@ -63,6 +63,7 @@ RULES = {  # name -> overrides; warmup length in epochs of the row's own batch
     "sqrt+warmup6": ["train.lr_scaling=sqrt", "train.warmup_epochs=6"],
     # ... batch ramp-up (2k, 4k, 8k, 16k, then the row's batch; lr by the rule at each epoch's batch) ...
     "sqrt+ramp4": ["train.lr_scaling=sqrt", "train.warmup_epochs=0", "train.batch_ramp_epochs=4"],
+    "none+ramp4": ["train.lr_scaling=none", "train.warmup_epochs=0", "train.batch_ramp_epochs=4"],
     "sqrt+ramp6": ["train.lr_scaling=sqrt", "train.warmup_epochs=0", "train.batch_ramp_epochs=6"],
     "sqrt+one_cycle+ramp4": ["train.lr_scaling=sqrt", "train.warmup_epochs=0", "train.schedule=one_cycle",
                              "train.batch_ramp_epochs=4"],
