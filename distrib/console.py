@@ -37,22 +37,22 @@ def _show(value) -> str:
     return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
 
 
-def describe_model(model_cfg, model) -> str:
-    n_params = sum(p.numel() for p in model.parameters())
+def describe_model(model_cfg, n_params: int) -> str:
+    """`n_params`: the whole model's, whether or not its tables are sharded across ranks."""
     name = model_cfg.name
     if model_cfg.members:
         name = f"{name} of {', '.join(model_cfg.members)}"
     return f"{name}, {n_params:,} parameters"
 
 
-def header(cfg, env, device, data, model, precision: str, hosts: int = 1) -> str:
+def header(cfg, env, device, data, n_params: int, precision: str, hosts: int = 1) -> str:
     """The few lines a run starts with; `precision` is what train.precision resolved to on this device."""
     if cfg.train.precision == "auto":
         precision = f"{precision} (auto)"
     changed = ", ".join(f"{key}={_show(value)}" for key, value in changed_keys(cfg).items()) or "none"
     lines = [
         f"data: {data.description}",
-        f"model: {describe_model(cfg.model, model)} | world size {env.world_size} on {device} ({env.launcher}), "
+        f"model: {describe_model(cfg.model, n_params)} | world size {env.world_size} on {device} ({env.launcher}), "
         f"{precision}" + (f" | {plural(hosts, 'host')}, master {env.master_addr}:{env.master_port}"
                                     if env.world_size > 1 else ""),
         f"run.dir: {cfg.run.dir} (full config in its config.yaml; {PRINT_CONFIG_FLAG} prints it here)",

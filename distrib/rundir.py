@@ -50,9 +50,11 @@ class RunDir:
                             "wait for it or choose another run.dir") from None
 
     def history(self) -> list[str]:
-        """What a past run left here that a fresh start would overwrite: results and checkpoints."""
+        """What a past run left here that a fresh start would overwrite: results and checkpoints (files, and a
+        sharded run's DCP directories)."""
         found = [name for name in HISTORY if (self.path / name).is_file() and (self.path / name).stat().st_size]
         found += [p.relative_to(self.path).as_posix() for p in self.checkpoints.glob("last.[0-9]*.pt")]
+        found += [p.relative_to(self.path).as_posix() for p in sorted(self.checkpoints.glob("*.dcp")) if p.is_dir()]
         return found
 
     def close(self) -> None:

@@ -37,6 +37,11 @@ def is_complete(path: Path) -> bool:
     return (path / ".metadata").is_file() and (path / META).is_file()
 
 
+def missing_part(path: Path) -> str:
+    """What makes an incomplete checkpoint directory incomplete, for messages."""
+    return ".metadata" if not (path / ".metadata").is_file() else META
+
+
 def candidates(ckpt_dir: Path) -> list[Path]:
     found = [ckpt_dir / "last.dcp"] + sorted(ckpt_dir.glob("last.[0-9]*.dcp"), key=lambda p: int(p.name.split(".")[1]))
     return [p for p in found if p.is_dir()]

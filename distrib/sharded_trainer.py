@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -28,6 +30,43 @@ from distrib.touched_rows import attach_to_optimizer
 from distrib.trainer import EVAL_BATCH, DeviceSplit, Trainer, build_optimizer
 
 log = logging.getLogger("distrib")
+
+# Notices TorchRec 1.8, FBGEMM and torch print on every rank of a sharded run, none of which a user can act
+# on: (category, message regex) for warnings, (logger, message regex) for log records.
+THIRD_PARTY_WARNINGS = (
+    (FutureWarning, r"Please use DTensor instead and we are deprecating ShardedTensor"),  # TorchRec's and DCP's state
+    (FutureWarning, r"`broadcast_buffers` is deprecated"),  # TorchRec's own DDP wrapper passes it
+    # FBGEMM's CPU dense lookup backpropagates through autograd's fallback: its gradients are the replicated
+    # ones (tests/test_sharding.py compares the weights), so the "may be incorrect" notice does not apply.
+    (UserWarning, r"fbgemm::dense_embedding_codegen_lookup_function: an autograd kernel was not registered"),
+)
+THIRD_PARTY_LOG_LINES = (
+    ("torchrec.distributed.utils", r"Compute Kernel is dense, caching params will be ignored"),  # the kernel we chose
+    ("torch.fx._symbolic_trace", r"is_fx_tracing will return true"),  # asked inside TorchRec
+    ("", r"\[TBE=[\w-]+\] Feature Gates:"),  # FBGEMM logs each table batch's gates through the root logger
+)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, pattern: str):
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.match(record.getMessage())
+
+
+def quiet_third_party() -> None:
+    """Keep a sharded run's console to distrib's own lines: the known third-party notices above are dropped,
+    and TorchRec's INFO chatter ("Collective validation initialized", "EC index dedup enabled") too; its
+    other warnings and errors still print."""
+    for category, pattern in THIRD_PARTY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
+    for name, pattern in THIRD_PARTY_LOG_LINES:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) and f.pattern.pattern == pattern for f in logger.filters):
+            logger.addFilter(_DropMessage(pattern))
+    logging.getLogger("torchrec").setLevel(logging.WARNING)
 
 
 def check_sharding_config(cfg) -> None:
@@ -55,6 +94,7 @@ class ShardedTrainer(Trainer):
     def _build_parallel(self) -> None:
         cfg = self.cfg
         check_sharding_config(cfg)
+        quiet_third_party()
         self.ddp, self.wrapper = build_sharded(self.model, cfg.model.name, cfg.dist.embedding_sharding, self.device,
                                                cfg.dist.bucket_cap_mb, cfg.dist.embedding_update)
         if cfg.dist.grad_compression == "bf16":
@@ -68,9 +108,11 @@ class ShardedTrainer(Trainer):
 
     def _resume(self) -> None:
         ckpt_dir = self.run.checkpoints
+        problems = []
         for path in sckpt.candidates(ckpt_dir):
             if not sckpt.is_complete(path):
                 log.warning("checkpoint %s is incomplete; trying the previous one", path)
+                problems.append(f"{path.name}: incomplete, no {sckpt.missing_part(path)}")
                 continue
             meta = sckpt.load(self.ddp, self.wrapper, self.optimizer, path)
             self._load_meta_state(meta, path)
@@ -78,6 +120,7 @@ class ShardedTrainer(Trainer):
         if (ckpt_dir / "last.pt").exists():
             raise UserError(f"run.dir {self.run.path}: holds a replicated run's checkpoints (last.pt); resume it with "
                             "dist.embedding_sharding=none, or use a new run.dir")
+        self._refuse_fresh_start_over_history(problems or ["no last.dcp"])
 
     def state_dict(self) -> dict:
         raise NotImplementedError("sharded state is saved with distrib.sharded_checkpoint")

@@ -152,7 +152,7 @@ def run(cfg: Config, env: DistEnv, device, run_dir) -> tuple[dict, bool]:
                  trainer.progress.epoch, run_dir.path)
         return summary, True
     if env.is_main:
-        log.info("%s", header(cfg, env, device, data, trainer.model, trainer.precision, host_count()))
+        log.info("%s", header(cfg, env, device, data, trainer.n_parameters, trainer.precision, host_count()))
         if trainer.resumed_from is not None:
             log.info("resumed from %s at epoch %d (step %d)", trainer.resumed_from, trainer.progress.epoch,
                      trainer.progress.step)

@@ -80,6 +80,7 @@ class Trainer:
         self.model = build_model(cfg.model, data.n_users, data.n_items, data.rating_min, data.rating_max).to(device)
         if self.model.needs_train_ratings:  # its input is the training rating matrix (autorec)
             self.model.attach_train(data.train)
+        self.n_parameters = sum(p.numel() for p in self.model.parameters())  # whole tables: before any sharding
         self.early = EarlyStopping(cfg.train.patience)
         self.guard = DivergenceGuard(env.rank, device)
         self.progress = Progress()
@@ -115,11 +116,7 @@ class Trainer:
     def _resume(self) -> None:
         state, path, problems = ckpt.load_latest(self.run.checkpoints)
         if state is None:
-            history = self.run.history()
-            if history:  # a fresh start here would overwrite these: the user must choose that explicitly
-                raise UserError(f"run.dir {self.run.path}: holds a run ({', '.join(history)}) but no checkpoint to "
-                                f"resume from ({'; '.join(problems) or 'no last.pt'}); nothing was changed: to "
-                                "start over, choose a new run.dir (or remove this one)")
+            self._refuse_fresh_start_over_history(problems or ["no last.pt"])
             return
         check_resume(state.get("config", {}), self.cfg, self.run.path)  # before anything is loaded or written
         try:
@@ -130,6 +127,15 @@ class Trainer:
         self._check_best()
         self.optimizer.load_state_dict(state["optimizer"])
         self._load_meta_state(state, path)
+
+    def _refuse_fresh_start_over_history(self, problems: list[str]) -> None:
+        """No checkpoint to resume from: a fresh start would overwrite a past run's results, so if run.dir holds
+        any, the user must choose that explicitly (`problems`: why each checkpoint could not be used)."""
+        history = self.run.history()
+        if history:
+            raise UserError(f"run.dir {self.run.path}: holds a run ({', '.join(history)}) but no checkpoint to "
+                            f"resume from ({'; '.join(problems)}); nothing was changed: to start over, choose a "
+                            "new run.dir (or remove this one)")
 
     def _check_best(self) -> None:
         """best.pt must load before anything runs: the end of the run evaluates it, and a damaged one found only

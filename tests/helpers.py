@@ -1,6 +1,7 @@
 """Shared test helpers: real subprocess launches (python -m, torchrun) and real gloo process groups."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -78,6 +79,12 @@ def metrics(run_dir: Path) -> list[dict]:
 
 def weights(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def digest(path: Path) -> dict:
+    """Every file under path (but `.lock`, which names whoever holds run.dir now) by its SHA-256."""
+    return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def max_rel_diff(a: dict, b: dict) -> float:

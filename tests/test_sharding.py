@@ -15,7 +15,7 @@ import torch
 from distrib.config import load_config
 from distrib.models import build_model
 from distrib.sharded_checkpoint import read_meta, read_model_state
-from tests.helpers import REPO, check_ok, clean_env, metrics, summary, tiny, train_cli, weights
+from tests.helpers import REPO, check_ok, clean_env, digest, metrics, summary, tiny, train_cli, weights
 from tests.wandb_records import read_wandb_run
 
 pytestmark = pytest.mark.slow
@@ -152,3 +152,52 @@ def test_sharded_refit_trains_a_second_phase_and_evaluates_it(tmp_path):
     assert (refit / "checkpoints" / "last.dcp").is_dir()
     assert summary(refit)["epochs_run"] == summary(tmp_path / "run")["phase1"]["best_epoch"]
     assert summary(refit)["test_rmse"] > 0
+
+
+# Third-party notices a sharded run once printed (distrib.sharded_trainer.quiet_third_party drops them).
+THIRD_PARTY_NOTICES = ("deprecating ShardedTensor", "`broadcast_buffers` is deprecated", "caching params will be ignored",
+                       "is_fx_tracing", "an autograd kernel was not registered", "Feature Gates",
+                       "Collective validation initialized", "index dedup enabled")
+
+
+def test_a_sharded_run_prints_only_its_own_lines_and_counts_the_whole_model(tmp_path):
+    proc = check_ok(train_cli(tiny(tmp_path, "run", "dist.embedding_sharding=row_wise", "train.epochs=1"), nproc=2))
+    output = proc.stdout + proc.stderr
+    assert not [notice for notice in THIRD_PARTY_NOTICES if notice in output], output[-3000:]
+    assert "Warning" not in proc.stderr and "[rank 1]" not in proc.stdout, output[-3000:]
+    # The header counts the whole model (both tables whole, on 2 ranks), not this rank's shards or the MLP alone.
+    cfg = load_config(str(tmp_path / "run" / "config.yaml"))
+    sizes = read_meta(tmp_path / "run" / "checkpoints" / "last.dcp")["data"]
+    model = build_model(cfg.model, sizes["n_users"], sizes["n_items"], sizes["rating_min"], sizes["rating_max"])
+    whole = sum(p.numel() for p in model.parameters())
+    assert f"model: embeddingnet, {whole:,} parameters |" in proc.stdout, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def finished_sharded(tmp_path_factory):
+    """One finished two-epoch sharded run (1 rank) and its data root; tests work on copies."""
+    base = tmp_path_factory.mktemp("sharded")
+    check_ok(train_cli(tiny(base, "run", "dist.embedding_sharding=row_wise", "train.epochs=2")))
+    return base
+
+
+@pytest.mark.parametrize("remove, fragment", [
+    (["last.dcp", "last.1.dcp"], "no checkpoint to resume from (no last.dcp)"),
+    (["last.dcp/.metadata", "last.1.dcp/meta.pt"],
+     "no checkpoint to resume from (last.dcp: incomplete, no .metadata; last.1.dcp: incomplete, no meta.pt)"),
+])
+def test_a_sharded_run_dir_without_a_checkpoint_is_refused_and_left_untouched(finished_sharded, tmp_path, remove,
+                                                                              fragment):
+    for name in ("run", "data"):
+        shutil.copytree(finished_sharded / name, tmp_path / name)
+    args = tiny(tmp_path, "run", "dist.embedding_sharding=row_wise", "train.epochs=2")
+    for name in remove:
+        path = tmp_path / "run" / "checkpoints" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    before = digest(tmp_path / "run")
+    proc = train_cli(args[:-1] + ["train.epochs=3"])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("distrib: error:")]
+    assert len(lines) == 1 and "holds a run (metrics.jsonl, summary.json" in lines[0] and fragment in lines[0], lines
+    assert "Traceback" not in proc.stderr and "[001/" not in proc.stdout
+    assert digest(tmp_path / "run") == before

@@ -3,7 +3,6 @@ the real command line against a copy of one finished tiny run; where a case says
 stay byte for byte as it was (all but `.lock`, which names whoever holds run.dir now)."""
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from distrib.checkpoint import load_latest
-from tests.helpers import REPO, check_ok, clean_env, metrics, tiny, train_cli
+from tests.helpers import REPO, check_ok, clean_env, digest, metrics, tiny, train_cli
 
 pytestmark = pytest.mark.slow
 
@@ -36,11 +35,6 @@ def copy(finished, tmp_path):
     for name in ("run", "data"):
         shutil.copytree(finished / name, tmp_path / name)
     return tmp_path
-
-
-def digest(path: Path) -> dict:
-    return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def error_lines(proc) -> list[str]:
