@@ -132,6 +132,8 @@ class Trainer:
         """No checkpoint to resume from: a fresh start would overwrite a past run's results, so if run.dir holds
         any, the user must choose that explicitly (`problems`: why each checkpoint could not be used)."""
         history = self.run.history()
+        if history == ["metrics.jsonl"] and len(self.run.read_metrics()) <= 1:
+            return  # died saving its first checkpoint (the row is written first): a fresh start replays that epoch
         if history:
             raise UserError(f"run.dir {self.run.path}: holds a run ({', '.join(history)}) but no checkpoint to "
                             f"resume from ({'; '.join(problems)}); nothing was changed: to start over, choose a "

@@ -81,6 +81,18 @@ def weights(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
+def sharded_weights(run_dir: Path, name: str = "last") -> dict:
+    """The whole model's state dict from a sharded run's checkpoint (name.dcp), read in this one process."""
+    from distrib.config import load_config
+    from distrib.models import build_model
+    from distrib.sharded_checkpoint import read_meta, read_model_state
+
+    cfg = load_config(str(run_dir / "config.yaml"))
+    sizes = read_meta(run_dir / "checkpoints" / f"{name}.dcp")["data"]
+    model = build_model(cfg.model, sizes["n_users"], sizes["n_items"], sizes["rating_min"], sizes["rating_max"])
+    return read_model_state(run_dir / "checkpoints" / f"{name}.dcp", model)
+
+
 def digest(path: Path) -> dict:
     """Every file under path (but `.lock`, which names whoever holds run.dir now) by its SHA-256."""
     return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()

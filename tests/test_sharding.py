@@ -14,20 +14,13 @@ import torch
 
 from distrib.config import load_config
 from distrib.models import build_model
-from distrib.sharded_checkpoint import read_meta, read_model_state
-from tests.helpers import REPO, check_ok, clean_env, digest, metrics, summary, tiny, train_cli, weights
+from distrib.sharded_checkpoint import read_meta
+from tests.helpers import (REPO, check_ok, clean_env, digest, metrics, sharded_weights, summary, tiny, train_cli,
+                           weights)
 from tests.wandb_records import read_wandb_run
 
 pytestmark = pytest.mark.slow
 NO_DROPOUT = ["model.dropouts=[0]", "model.embedding_dropout=0"]
-
-
-def sharded_weights(run, name="last"):
-    cfg = load_config(str(run / "config.yaml"))
-    meta = read_meta(run / "checkpoints" / f"{name}.dcp")
-    sizes = meta["data"]
-    model = build_model(cfg.model, sizes["n_users"], sizes["n_items"], sizes["rating_min"], sizes["rating_max"])
-    return read_model_state(run / "checkpoints" / f"{name}.dcp", model)
 
 
 def rel_l2(a: dict, b: dict) -> float:
@@ -201,3 +194,19 @@ def test_a_sharded_run_dir_without_a_checkpoint_is_refused_and_left_untouched(fi
     assert len(lines) == 1 and "holds a run (metrics.jsonl, summary.json" in lines[0] and fragment in lines[0], lines
     assert "Traceback" not in proc.stderr and "[001/" not in proc.stdout
     assert digest(tmp_path / "run") == before
+
+
+def test_a_sharded_run_killed_while_saving_its_first_checkpoint_starts_over(finished_sharded, tmp_path):
+    for name in ("run", "data"):
+        shutil.copytree(finished_sharded / name, tmp_path / name)
+    run = tmp_path / "run"
+    # What such a death leaves: the first epoch's metrics row (written first), half a DCP directory, no checkpoint.
+    for path in (run / "checkpoints").iterdir():
+        shutil.rmtree(path)
+    (run / "checkpoints" / ".last.dcp.tmp").mkdir()
+    (run / "checkpoints" / ".last.dcp.tmp" / "__0_0.distcp").write_bytes(b"cut off")
+    (run / "summary.json").unlink()
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text().splitlines(keepends=True)[0])
+    proc = check_ok(train_cli(tiny(tmp_path, "run", "dist.embedding_sharding=row_wise", "train.epochs=2")))
+    assert "resumed from" not in proc.stdout and "[001/002]" in proc.stdout
+    assert [row["epoch"] for row in metrics(run)] == [1, 2] and summary(run)["epochs_run"] == 2

@@ -133,6 +133,27 @@ def release_requeued(job_id: str, on_timeout=lambda: "") -> None:
     assert run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"]).returncode == 0
 
 
+def requeue_once_with_usr2(job_id: str, log: Path, run_dir: Path, epochs: int, last: str = "last.pt",
+                           first_epoch_s: float = 120, finish_s: float = 150) -> str:
+    """Interrupt a running slurm/train.sbatch job as its time limit does (USR2 to the batch shell, whose trap
+    requeues it) once its first checkpoint (`last`) is saved, release the requeued job at once and wait for it
+    to complete. Checks that the second run resumed instead of starting over and that metrics.jsonl holds
+    every one of `epochs` once; returns the job's log. The caller cancels the job in its `finally`."""
+    tail = lambda: log.read_text()[-3000:] if log.exists() else ""  # noqa: E731
+    # The checkpoint, not only the epoch's metrics row (written first): an interrupt in between replays the epoch.
+    wait_until(lambda: (run_dir / "checkpoints" / last).exists(), first_epoch_s, f"the first epoch's {last}",
+               on_timeout=tail)
+    assert len(epochs_done(run_dir)) < epochs, "the job finished before it could be interrupted"
+    assert run(["scancel", "--signal=USR2", "--batch", job_id]).returncode == 0
+    release_requeued(job_id, on_timeout=tail)  # requeued: pending with reason BeginTime (~2 min) otherwise
+    assert wait_job(job_id, finish_s, log) == "COMPLETED", tail()
+    text = log.read_text()
+    assert "restart 0" in text and "USR2 received" in text and "restart 1" in text, text[-3000:]
+    assert f"{last} at epoch" in text.split("restart 1", 1)[1], text[-3000:]  # resumed, not a fresh start
+    assert epochs_done(run_dir) == list(range(1, epochs + 1))  # each epoch once: none repeated or skipped
+    return text
+
+
 def cancel(job_id: str) -> None:
     run(["scancel", job_id])
 

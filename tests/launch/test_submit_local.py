@@ -1,4 +1,5 @@
-"""launch.submit --local: submitit's LocalExecutor runs 2 ranks here, no SLURM needed."""
+"""launch.submit --local: submitit's LocalExecutor runs 2 ranks here (replicated, and with sharded tables), no
+SLURM needed."""
 from __future__ import annotations
 
 import json
@@ -40,6 +41,21 @@ def test_local_two_tasks_stream_rank_0s_lines_as_they_come(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2
     assert epochs_done(run_dir) == [1, 2, 3, 4]
     assert [p.name for p in (run_dir / "slurm").iterdir() if p.is_dir()] == []  # no folder literally named %j
+
+
+@pytest.mark.timeout(240)
+def test_local_two_task_sharded_job_finishes_with_dcp_checkpoints(tmp_path):
+    run_dir = tmp_path / "sharded"
+    args = tiny(tmp_path, "sharded", "slurm.tasks_per_node=2", "train.epochs=2", "dist.embedding_sharding=row_wise")
+    proc = run([sys.executable, "-m", "launch.submit", *args, "--local", "--wait"], timeout_s=220, cwd=REPO,
+               env=job_env(tmp_path))
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}"
+    assert "world size 2" in proc.stdout and "(submitit-local)" in proc.stdout and "done: test_rmse=" in proc.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs_run"] == 2
+    assert epochs_done(run_dir) == [1, 2]
+    assert (run_dir / "checkpoints" / "last.dcp" / ".metadata").is_file()
+    assert (run_dir / "checkpoints" / "best.dcp" / "meta.pt").is_file()
 
 
 @pytest.mark.timeout(60)

@@ -1,5 +1,6 @@
 """torchrun --max-restarts=1: a worker SIGKILLed mid-run is restarted with the others, and the run
-resumes from last.pt and finishes with every epoch in metrics.jsonl once. No SLURM needed."""
+resumes from its last checkpoint (last.pt, or last.dcp with sharded tables) and finishes with every epoch in
+metrics.jsonl once and the step count continuous. No SLURM needed."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import metrics
 from tests.launch.common import REPO, SLOW, epochs_done, job_env, tiny, wait_until
 
 pytestmark = pytest.mark.slow  # every test here launches processes or trains
@@ -28,19 +30,21 @@ def children(pid: int) -> list[int]:
     return kids
 
 
-@pytest.mark.timeout(240)
-def test_killed_worker_restarts_and_resumes(tmp_path):
+@pytest.mark.timeout(300)  # ~40 s alone; minutes on a loaded 2-core machine
+@pytest.mark.parametrize("sharding, last", [("none", "last.pt"), ("row_wise", "last.dcp")])
+def test_killed_worker_restarts_and_resumes(tmp_path, sharding, last):
     run_dir = tmp_path / "run"
     log = (tmp_path / "torchrun.log").open("w")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
-           "-m", "distrib.train", *tiny(tmp_path, "run", "train.epochs=6", *SLOW)]
+           "-m", "distrib.train", *tiny(tmp_path, "run", "train.epochs=6", *SLOW, f"dist.embedding_sharding={sharding}")]
     # torchrun shares its rendezvous TCPStore with the workers, and a restarted round could read the previous
     # round's gloo addresses (pytorch/pytorch#135712): distrib prefixes its keys per restart round, so the
     # plain torchrun command must work without TORCH_DISABLE_SHARE_RDZV_TCP_STORE.
     env = job_env(tmp_path)
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: epochs_done(run_dir), 150, "the first epoch",
+        # The first epoch's checkpoint, not only its metrics row (written first): a kill in between replays it.
+        wait_until(lambda: (run_dir / "checkpoints" / last).exists(), 150, f"the first epoch's {last}",
                    on_timeout=lambda: (tmp_path / "torchrun.log").read_text()[-3000:])
         assert len(epochs_done(run_dir)) < 6, "finished before a worker could be killed"
         workers = children(proc.pid)
@@ -54,7 +58,9 @@ def test_killed_worker_restarts_and_resumes(tmp_path):
     text = (tmp_path / "torchrun.log").read_text()
     assert "SIGKILL" in text or "Signal 9" in text or "exitcode: -9" in text, text[-3000:]
     # A restart from scratch would also rewrite metrics.jsonl 0..5: the trainer must say it resumed.
-    assert "resumed from" in text and "last.pt at epoch" in text, text[-3000:]
+    assert "resumed from" in text and f"{last} at epoch" in text, text[-3000:]
     assert epochs_done(run_dir) == list(range(1, 7))  # nothing repeated or skipped
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["epochs_run"] == 6
+    steps = [row["step"] for row in metrics(run_dir)]  # the resumed run counts on from the checkpoint's step
+    assert steps == [summary["steps"] // 6 * epoch for epoch in range(1, 7)], steps

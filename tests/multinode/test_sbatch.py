@@ -7,8 +7,8 @@ import json
 import pytest
 
 from tests.helpers import weights
-from tests.launch.common import (REPO, SLOW, cancel, epochs_done, job_env, release_requeued, run, sbatch,
-                                 settled_accounting, wait_job, wait_until)
+from tests.launch.common import (REPO, SLOW, cancel, job_env, requeue_once_with_usr2, sbatch, settled_accounting,
+                                 wait_job)
 from tests.multinode.common import rel_l2, tiny
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slurm, pytest.mark.slow]
@@ -48,18 +48,9 @@ def test_usr2_requeues_a_two_node_job_and_it_resumes_to_the_uninterrupted_weight
     epochs = "train.epochs=6"
     job, log = submit(tmp_path, "cut", epochs, *SLOW)
     try:
-        wait_until(lambda: epochs_done(tmp_path / "cut"), 180, "the first epoch",
-                   on_timeout=lambda: log.read_text()[-3000:])
-        assert len(epochs_done(tmp_path / "cut")) < 6, "the job finished before it could be interrupted"
-        assert run(["scancel", "--signal=USR2", "--batch", job]).returncode == 0
-        release_requeued(job, on_timeout=lambda: log.read_text()[-3000:])
-        assert wait_job(job, 200, log) == "COMPLETED", log.read_text()[-3000:]
+        requeue_once_with_usr2(job, log, tmp_path / "cut", 6, first_epoch_s=180, finish_s=200)
     finally:
         cancel(job)
-    text = log.read_text()
-    assert "restart 0" in text and "USR2 received" in text and "restart 1" in text
-    assert "resumed from" in text.split("restart 1", 1)[1], text[-3000:]
-    assert epochs_done(tmp_path / "cut") == list(range(1, 7))  # each epoch once: none repeated or skipped
     states = [r["state"] for r in settled_accounting(job) if r["job"] == job]
     assert states[0] == "REQUEUED" and states[-1] == "COMPLETED"
 

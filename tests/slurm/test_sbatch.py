@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from tests.launch.common import (REPO, SLOW, cancel, epochs_done, job_env, release_requeued, run, sbatch,
-                                 checked_accounting, tiny, wait_job, wait_until)
+from tests.launch.common import (REPO, SLOW, cancel, checked_accounting, epochs_done, job_env,
+                                 requeue_once_with_usr2, sbatch, tiny, wait_job)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 TEMPLATE = str(REPO / "slurm" / "train.sbatch")
@@ -43,19 +43,9 @@ def test_usr2_requeues_and_resumes_to_the_uninterrupted_weights(tmp_path):
     epochs = "train.epochs=6"
     job, log = submit(tmp_path, "cut", epochs, *SLOW)
     try:
-        wait_until(lambda: epochs_done(tmp_path / "cut"), 120, "the first epoch",
-                   on_timeout=lambda: log.read_text()[-3000:])
-        assert len(epochs_done(tmp_path / "cut")) < 6, "the job finished before it could be interrupted"
-        assert run(["scancel", "--signal=USR2", "--batch", job]).returncode == 0
-        # Requeued: pending with reason BeginTime (~2 min); release it now.
-        release_requeued(job, on_timeout=lambda: log.read_text()[-3000:])
-        assert wait_job(job, 150, log) == "COMPLETED", log.read_text()[-3000:]
+        requeue_once_with_usr2(job, log, tmp_path / "cut", 6)
     finally:
         cancel(job)
-    text = log.read_text()
-    assert "restart 0" in text and "USR2 received" in text and "restart 1" in text
-    assert "resumed from" in text.split("restart 1", 1)[1], text[-3000:]  # not a fresh start
-    assert epochs_done(tmp_path / "cut") == list(range(1, 7))  # each epoch once: none repeated or skipped
     ref, ref_log = submit(tmp_path, "ref", epochs, *SLOW)
     try:
         assert wait_job(ref, 150, ref_log) == "COMPLETED", ref_log.read_text()[-3000:]

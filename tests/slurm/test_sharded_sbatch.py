@@ -1,15 +1,19 @@
 """A sharded-embedding job (dist.embedding_sharding=row_wise) on a real SLURM: two srun tasks, TorchRec's
-all-to-all between them, DCP checkpoints in the run directory."""
+all-to-all between them, DCP checkpoints in the run directory; USR2 requeues it and it resumes from last.dcp."""
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
-from tests.launch.common import REPO, cancel, epochs_done, job_env, sbatch, tiny, wait_job
+from tests.helpers import check_ok, sharded_weights, train_cli
+from tests.launch.common import (REPO, SLOW, cancel, checked_accounting, epochs_done, job_env,
+                                 requeue_once_with_usr2, sbatch, tiny, wait_job)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 TEMPLATE = str(REPO / "slurm" / "train.sbatch")
+SHARDED = ["dist.embedding_sharding=row_wise", "model.dropouts=[0]", "model.embedding_dropout=0"]
 
 
 @pytest.mark.timeout(300)
@@ -29,3 +33,24 @@ def test_two_task_sharded_job_completes_with_dcp_checkpoints(tmp_path):
     assert (run / "checkpoints" / "last.dcp" / "meta.pt").is_file()
     assert (run / "checkpoints" / "best.dcp" / ".metadata").is_file()
     assert "(slurm)" in log.read_text()
+
+
+@pytest.mark.timeout(360)
+def test_usr2_requeues_a_sharded_job_and_it_resumes_from_last_dcp_to_the_uninterrupted_weights(tmp_path):
+    log = tmp_path / "cut.out"
+    job = sbatch(["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--job-name=distrib-test-sharded-cut",
+                  f"--output={log}", TEMPLATE, *tiny(tmp_path, "cut", "train.epochs=6", *SLOW, *SHARDED)],
+                 job_env(tmp_path))
+    try:
+        requeue_once_with_usr2(job, log, tmp_path / "cut", 6, last="last.dcp", first_epoch_s=150, finish_s=200)
+    finally:
+        cancel(job)
+    # The uninterrupted run on 2 torchrun ranks: the same world size, so the same weights bit for bit.
+    check_ok(train_cli(tiny(tmp_path, "ref", "train.epochs=6", *SLOW, *SHARDED), nproc=2, timeout=200,
+                       env=job_env(tmp_path)))
+    resumed, straight = sharded_weights(tmp_path / "cut"), sharded_weights(tmp_path / "ref")
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        assert torch.equal(resumed[key], straight[key]), key
+    states = [r["state"] for r in checked_accounting(job) if r["job"] == job]
+    assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", states

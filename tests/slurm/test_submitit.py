@@ -1,4 +1,4 @@
-"""launch.submit on a real SLURM: a 2-task job, a 2-member sweep that goes out as one job array, and a
+"""launch.submit on a real SLURM: a 2-task job (replicated, and with sharded tables), a 2-member sweep that goes out as one job array, and a
 preempted job that submitit requeues and that resumes to the weights of an uninterrupted run."""
 from __future__ import annotations
 
@@ -26,14 +26,17 @@ def submit(args: list[str], tmp_path, timeout_s: float = 150):
     return proc.stdout
 
 
-@pytest.mark.timeout(180)
-def test_two_task_job(tmp_path):
-    out = submit(tiny(tmp_path, "job", "slurm.tasks_per_node=2"), tmp_path)
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("sharding, last", [("none", "last.pt"), ("row_wise", "last.dcp/.metadata")])
+def test_two_task_job(tmp_path, sharding, last):
+    out = submit(tiny(tmp_path, "job", "slurm.tasks_per_node=2", f"dist.embedding_sharding={sharding}"), tmp_path,
+                 timeout_s=270)
     job = re.search(r"SLURM job (\d+): run.dir (\S+) log (\S+)", out)
     assert job and job.group(2) == str(tmp_path / "job"), out
     summary = json.loads((tmp_path / "job" / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert epochs_done(tmp_path / "job") == [1, 2, 3]
+    assert (tmp_path / "job" / "checkpoints" / last).is_file()
     steps = {r["job"]: r for r in checked_accounting(job.group(1))}
     assert steps[f"{job.group(1)}.0"]["ntasks"] == "2"
 
