@@ -133,6 +133,12 @@ def release_requeued(job_id: str, on_timeout=lambda: "") -> None:
     assert run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"]).returncode == 0
 
 
+def resumed_from(text: str, last: str) -> bool:
+    """Whether a run's output says it resumed from a checkpoint of `last`'s kind (last.pt, last.dcp, or the one
+    before it, last.1.*, when the interrupt came mid-rotation)."""
+    return re.search(rf"resumed from \S+/last(\.\d+)?\.{last.rsplit('.', 1)[1]} at epoch", text) is not None
+
+
 def requeue_once_with_usr2(job_id: str, log: Path, run_dir: Path, epochs: int, last: str = "last.pt",
                            first_epoch_s: float = 120, finish_s: float = 150) -> str:
     """Interrupt a running slurm/train.sbatch job as its time limit does (USR2 to the batch shell, whose trap
@@ -149,7 +155,7 @@ def requeue_once_with_usr2(job_id: str, log: Path, run_dir: Path, epochs: int, l
     assert wait_job(job_id, finish_s, log) == "COMPLETED", tail()
     text = log.read_text()
     assert "restart 0" in text and "USR2 received" in text and "restart 1" in text, text[-3000:]
-    assert f"{last} at epoch" in text.split("restart 1", 1)[1], text[-3000:]  # resumed, not a fresh start
+    assert resumed_from(text.split("restart 1", 1)[1], last), text[-3000:]  # not a fresh start
     assert epochs_done(run_dir) == list(range(1, epochs + 1))  # each epoch once: none repeated or skipped
     return text
 
