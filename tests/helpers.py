@@ -93,6 +93,13 @@ def sharded_weights(run_dir: Path, name: str = "last") -> dict:
     return read_model_state(run_dir / "checkpoints" / f"{name}.dcp", model)
 
 
+def assert_equal_weights(got: dict, want: dict) -> None:
+    """The same tensors under the same keys, bit for bit."""
+    assert got.keys() == want.keys()
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+
+
 def digest(path: Path) -> dict:
     """Every file under path (but `.lock`, which names whoever holds run.dir now) by its SHA-256."""
     return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()

@@ -160,6 +160,12 @@ def requeue_once_with_usr2(job_id: str, log: Path, run_dir: Path, epochs: int, l
     return text
 
 
+def assert_requeued_then_completed(job_id: str) -> None:
+    """sacct's rows of the job itself: a requeued first run, a completed last one."""
+    states = [r["state"] for r in checked_accounting(job_id) if r["job"] == job_id]
+    assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", states
+
+
 def cancel(job_id: str) -> None:
     run(["scancel", job_id])
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from tests.launch.common import (REPO, SLOW, cancel, checked_accounting, epochs_done, job_env,
-                                 requeue_once_with_usr2, sbatch, tiny, wait_job)
+from tests.helpers import assert_equal_weights, weights
+from tests.launch.common import (REPO, SLOW, assert_requeued_then_completed, cancel, checked_accounting, epochs_done,
+                                 job_env, requeue_once_with_usr2, sbatch, tiny, wait_job)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 TEMPLATE = str(REPO / "slurm" / "train.sbatch")
@@ -51,10 +51,5 @@ def test_usr2_requeues_and_resumes_to_the_uninterrupted_weights(tmp_path):
         assert wait_job(ref, 150, ref_log) == "COMPLETED", ref_log.read_text()[-3000:]
     finally:
         cancel(ref)
-    resumed = torch.load(tmp_path / "cut/checkpoints/last.pt", map_location="cpu", weights_only=True)["model"]
-    straight = torch.load(tmp_path / "ref/checkpoints/last.pt", map_location="cpu", weights_only=True)["model"]
-    assert resumed.keys() == straight.keys()
-    for key in straight:
-        assert torch.equal(resumed[key], straight[key]), key
-    states = [r["state"] for r in checked_accounting(job) if r["job"] == job]
-    assert states[0] == "REQUEUED" and states[-1] == "COMPLETED"
+    assert_equal_weights(weights(tmp_path / "cut/checkpoints/last.pt"), weights(tmp_path / "ref/checkpoints/last.pt"))
+    assert_requeued_then_completed(job)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from tests.helpers import check_ok, sharded_weights, train_cli
-from tests.launch.common import (REPO, SLOW, cancel, checked_accounting, epochs_done, job_env,
+from tests.helpers import assert_equal_weights, check_ok, sharded_weights, train_cli
+from tests.launch.common import (REPO, SLOW, assert_requeued_then_completed, cancel, epochs_done, job_env,
                                  requeue_once_with_usr2, sbatch, tiny, wait_job)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -48,9 +47,5 @@ def test_usr2_requeues_a_sharded_job_and_it_resumes_from_last_dcp_to_the_uninter
     # The uninterrupted run on 2 torchrun ranks: the same world size, so the same weights bit for bit.
     check_ok(train_cli(tiny(tmp_path, "ref", "train.epochs=6", *SLOW, *SHARDED), nproc=2, timeout=200,
                        env=job_env(tmp_path)))
-    resumed, straight = sharded_weights(tmp_path / "cut"), sharded_weights(tmp_path / "ref")
-    assert resumed.keys() == straight.keys()
-    for key in straight:
-        assert torch.equal(resumed[key], straight[key]), key
-    states = [r["state"] for r in checked_accounting(job) if r["job"] == job]
-    assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", states
+    assert_equal_weights(sharded_weights(tmp_path / "cut"), sharded_weights(tmp_path / "ref"))
+    assert_requeued_then_completed(job)

@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.helpers import check_ok, train_cli, weights
-from tests.launch.common import (REPO, SLOW, cancel, epochs_done, job_env, release_requeued, run,
-                                 checked_accounting, tiny, wait_job, wait_until)
+from tests.helpers import assert_equal_weights, check_ok, train_cli, weights
+from tests.launch.common import (REPO, SLOW, assert_requeued_then_completed, cancel, checked_accounting, epochs_done,
+                                 job_env, release_requeued, run, tiny, wait_job, wait_until)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -102,9 +101,5 @@ def test_preempted_job_requeues_and_resumes_to_the_uninterrupted_weights(tmp_pat
         assert pickle.loads((folder / f"{job}_{task}_result.pkl").read_bytes()) == ("success", 0)
     assert epochs_done(tmp_path / "cut") == list(range(1, 11))  # each epoch once: none repeated or skipped
     check_ok(train_cli(tiny(tmp_path, "ref", epochs, *SLOW), nproc=2, timeout=150, env=job_env(tmp_path)))
-    resumed, straight = weights(tmp_path / "cut/checkpoints/last.pt"), weights(tmp_path / "ref/checkpoints/last.pt")
-    assert resumed.keys() == straight.keys()
-    for key in straight:
-        assert torch.equal(resumed[key], straight[key]), key
-    states = [r["state"] for r in checked_accounting(job) if r["job"] == job]
-    assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", states
+    assert_equal_weights(weights(tmp_path / "cut/checkpoints/last.pt"), weights(tmp_path / "ref/checkpoints/last.pt"))
+    assert_requeued_then_completed(job)
