@@ -148,8 +148,8 @@ def test_sharded_refit_trains_a_second_phase_and_evaluates_it(tmp_path):
 
 
 # Third-party notices a sharded run once printed (distrib.sharded_trainer.quiet_third_party drops them).
-THIRD_PARTY_NOTICES = ("deprecating ShardedTensor", "`broadcast_buffers` is deprecated", "caching params will be ignored",
-                       "is_fx_tracing", "an autograd kernel was not registered", "Feature Gates",
+THIRD_PARTY_NOTICES = ("deprecating ShardedTensor", "`broadcast_buffers` is deprecated",
+                       "caching params will be ignored", "is_fx_tracing", "an autograd kernel was not registered", "Feature Gates",
                        "Collective validation initialized", "index dedup enabled")
 
 

@@ -36,7 +36,8 @@ def test_killed_worker_restarts_and_resumes(tmp_path, sharding, last):
     run_dir = tmp_path / "run"
     log = (tmp_path / "torchrun.log").open("w")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
-           "-m", "distrib.train", *tiny(tmp_path, "run", "train.epochs=6", *SLOW, f"dist.embedding_sharding={sharding}")]
+           "-m", "distrib.train",
+           *tiny(tmp_path, "run", "train.epochs=6", *SLOW, f"dist.embedding_sharding={sharding}")]
     # torchrun shares its rendezvous TCPStore with the workers, and a restarted round could read the previous
     # round's gloo addresses (pytorch/pytorch#135712): distrib prefixes its keys per restart round, so the
     # plain torchrun command must work without TORCH_DISABLE_SHARE_RDZV_TCP_STORE.
