@@ -1,6 +1,6 @@
 """launch.submit on a real SLURM: a 2-task job (replicated, and with sharded tables), a 2-member sweep that goes
-out as one job array, and a
-preempted job that submitit requeues and that resumes to the weights of an uninterrupted run."""
+out as one job array, and a preempted job that submitit requeues and that resumes to the weights of an
+uninterrupted run."""
 from __future__ import annotations
 
 import json
