@@ -132,12 +132,18 @@ class Trainer:
         """No checkpoint to resume from: a fresh start would overwrite a past run's results, so if run.dir holds
         any, the user must choose that explicitly (`problems`: why each checkpoint could not be used)."""
         history = self.run.history()
-        if history == ["metrics.jsonl"] and len(self.run.read_metrics()) <= 1:
+        if history == ["metrics.jsonl"] and self._first_row_only():
             return  # died saving its first checkpoint (the row is written first): a fresh start replays that epoch
         if history:
             raise UserError(f"run.dir {self.run.path}: holds a run ({', '.join(history)}) but no checkpoint to "
                             f"resume from ({'; '.join(problems)}); nothing was changed: to start over, choose a "
                             "new run.dir (or remove this one)")
+
+    def _first_row_only(self) -> bool:
+        try:
+            return len(self.run.read_metrics()) <= 1
+        except ValueError:  # not our JSON lines: refused as history
+            return False
 
     def _check_best(self) -> None:
         """best.pt must load before anything runs: the end of the run evaluates it, and a damaged one found only
