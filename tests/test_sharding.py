@@ -178,7 +178,7 @@ def finished_sharded(tmp_path_factory):
     (["last.dcp", "last.1.dcp"], "no checkpoint to resume from (no last.dcp)"),
     (["last.dcp/.metadata", "last.1.dcp/meta.pt"],
      "no checkpoint to resume from (last.dcp: incomplete, no .metadata; last.1.dcp: incomplete, no meta.pt)"),
-])
+], ids=["no_last_dcp", "incomplete_dcps"])
 def test_a_sharded_run_dir_without_a_checkpoint_is_refused_and_left_untouched(finished_sharded, tmp_path, remove,
                                                                               fragment):
     for name in ("run", "data"):
