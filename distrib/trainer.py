@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from distrib import checkpoint as ckpt
+from distrib.blend import fit_blend
 from distrib.config import Config, check_resume, to_dict
 from distrib.data import PreparedData, RatingSplit
 from distrib.distributed import DistEnv, wrap_ddp
@@ -311,6 +312,12 @@ class Trainer:
             "device": self.device.type,
             "steps": self.progress.step,
         }
+        if self.cfg.model.name == "ensemble" and self.cfg.model.blend == "validation" and len(self.val_split):
+            # stacking: the best checkpoint's members blended by weights fitted on validation alone
+            summary["blend_weights"] = fit_blend(best_model, self.val_split, self.env.rank, self.env.world_size,
+                                                 self.autocast)
+            best_model.set_weights(summary["blend_weights"])
+            summary["blend_val_rmse"] = self.evaluate(self.val_split, best_model)["rmse"]
         if self.data.test is not None and len(self.data.test):
             test = self.evaluate(to_device(self.data.test, self.device), best_model)
             summary.update(test_rmse=test["rmse"], test_mae=test["mae"])

@@ -1,5 +1,6 @@
 """An ensemble trained by the job (`model.name=ensemble`, `model.members=[autorec, mf]`): the prediction is
-the weighted mean of the members' predictions (weights `model.member_weights`, normalised; equal if empty).
+the weighted mean of the members' predictions (weights `model.member_weights`, normalised; equal if empty;
+with `model.blend=validation` fitted on the validation part after early stopping: distrib.blend).
 
 Each member is fit to the ratings on its own, as if trained alone, but in the same job: the same batches,
 optimizer, schedule, DDP and checkpoints (member i's weights under `members.i.`). In training mode forward
@@ -26,11 +27,15 @@ class Ensemble(RatingModel):
                  rating_min: float, rating_max: float):
         super().__init__()
         self.members = nn.ModuleList(members)
-        weights = torch.tensor(member_weights or [1.0] * len(members), dtype=torch.float32)
-        self.weights = (weights / weights.sum()).tolist()
+        self.set_weights(member_weights or [1.0] * len(members))
         self._penalties = penalties
         self.needs_train_ratings = any(member.needs_train_ratings for member in members)
         self.rating_min, self.rating_max = float(rating_min), float(rating_max)
+
+    def set_weights(self, weights: list[float]) -> None:
+        """The blend's weights (normalised to sum to one)."""
+        total = float(sum(weights))
+        self.weights = [float(w) / total for w in weights]
 
     def attach_train(self, train) -> None:
         for member in self.members:
