@@ -116,6 +116,9 @@ class ModelConfig(Section):
                                                "have none)", ge=0.0, lt=1.0)
     embedding_dropout: float = option(0.02, "dropout on the concatenated embeddings", ge=0.0, lt=1.0)
     bias: bool = option(False, "user and movie bias terms added to the output")
+    implicit: bool = option(False, "embeddingnet: SVD++'s implicit term, the normalised sum of a second table's "
+                                   "vectors of the movies the user rated in training, added to the user's vector")
+    dot: bool = option(False, "embeddingnet: the user and movie vectors' dot product added to the output (NeuMF)")
     factor_reg: float = option(0.0, "per-rating L2 on each batch's user and movie embeddings", ge=0.0)
     bias_reg: float = option(0.0, "per-rating L2 on each batch's bias terms", ge=0.0)
     autorec: AutoRecConfig = section(AutoRecConfig, "I-AutoRec (model.name=autorec or an ensemble member)")

@@ -68,6 +68,8 @@ def test_the_test_part_changes_the_test_figure_and_nothing_else(tmp_path):
     assert np.allclose(first["blend_weights"], second["blend_weights"], atol=1e-4)
     assert math.isclose(sum(first["blend_weights"]), 1.0, rel_tol=1e-9) and min(first["blend_weights"]) >= 0
     assert first["blend_val_rmse"] <= first["best_val_rmse"] + 1e-9  # the mean is one of the candidates
+    blend = weights(tmp_path / "a/checkpoints/best.pt")["blend"].tolist()
+    assert np.allclose(blend, first["blend_weights"], atol=1e-6)  # the first phase's checkpoint predicts with them
     for part in ("checkpoints/best.pt", "refit/checkpoints/last.pt"):
         assert max_rel_diff(weights(tmp_path / "a" / part), weights(tmp_path / "b" / part)) <= 1e-4, part
     assert abs(one["test_rmse"] - two["test_rmse"]) > 0.1  # the flipped test part is read, at the end

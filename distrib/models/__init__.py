@@ -26,7 +26,8 @@ def _embeddingnet(cfg: ModelConfig, n_users: int, n_items: int, rating_min: floa
     return EmbeddingNet(
         n_users=n_users, n_items=n_items, n_factors=cfg.n_factors, hidden=list(cfg.hidden),
         dropouts=list(cfg.dropouts), embedding_dropout=cfg.embedding_dropout,
-        rating_min=rating_min, rating_max=rating_max, bias=cfg.bias,
+        rating_min=rating_min, rating_max=rating_max, bias=cfg.bias, implicit=cfg.implicit,
+        dot=cfg.dot,
     )
 
 

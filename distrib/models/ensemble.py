@@ -27,6 +27,8 @@ class Ensemble(RatingModel):
                  rating_min: float, rating_max: float):
         super().__init__()
         self.members = nn.ModuleList(members)
+        # a buffer, so a checkpoint carries the weights it predicts with (fitted ones included)
+        self.register_buffer("blend", torch.zeros(len(members)))
         self.set_weights(member_weights or [1.0] * len(members))
         self._penalties = penalties
         self.needs_train_ratings = any(member.needs_train_ratings for member in members)
@@ -35,7 +37,17 @@ class Ensemble(RatingModel):
     def set_weights(self, weights: list[float]) -> None:
         """The blend's weights (normalised to sum to one)."""
         total = float(sum(weights))
-        self.weights = [float(w) / total for w in weights]
+        with torch.no_grad():
+            self.blend.copy_(torch.tensor([float(w) / total for w in weights]))
+
+    @property
+    def weights(self) -> list[float]:
+        return self.blend.tolist()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a checkpoint from before the weights were saved: it predicted with the config's, which are these
+        state_dict.setdefault(prefix + "blend", self.blend.detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def attach_train(self, train) -> None:
         for member in self.members:
@@ -48,7 +60,7 @@ class Ensemble(RatingModel):
         preds = [member(users, items).float() for member in self.members]
         if self.training:
             return torch.stack(preds)
-        pred = sum(w * p for w, p in zip(self.weights, preds))
+        pred = sum(w * p for w, p in zip(self.blend.to(preds[0].dtype), preds))
         return pred.clamp(self.rating_min, self.rating_max)
 
     def penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
