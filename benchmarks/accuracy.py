@@ -43,11 +43,22 @@ DATASETS = {  # name -> (split label, {method: (distrib config, extra overrides)
         "distrib I-AutoRec": ("configs/ml-100k.yaml", ["model.name=autorec", "train.lr=1e-3", "train.refit=false"]),
         "distrib I-AutoRec + MF (no refit)": ("configs/ml-100k.yaml", ["train.refit=false"]),
         "distrib I-AutoRec + MF (ml-100k.yaml)": ("configs/ml-100k.yaml", []),
+        "distrib kernelNet / Sparse FC": ("configs/ml-100k.yaml", ["model.name=kernelnet", "train.refit=false"]),
+        "distrib I-AutoRec + MF, stacked (no refit)": ("configs/ml-100k.yaml",
+                                                       ["model.blend=validation", "train.refit=false"]),
+        "distrib I-AutoRec + MF, stacked": ("configs/ml-100k.yaml", ["model.blend=validation"]),
+        "distrib I-AutoRec + MF + kernelNet, stacked": ("configs/ml-100k.yaml", [
+            "model.members=[autorec,mf,kernelnet]", "model.blend=validation"]),
+        "distrib EmbeddingNet + implicit (tuned, no refit)": ("configs/ml-100k-embeddingnet.yaml",
+                                                              ["model.implicit=true", "train.refit=false"]),
+        "distrib EmbeddingNet + implicit + dot (tuned, no refit)": ("configs/ml-100k-embeddingnet.yaml", [
+            "model.implicit=true", "model.dot=true", "train.refit=false"]),
     }),
     "ml-latest-small": ("random 80/20", {
         "distrib EmbeddingNet (article)": ("configs/ml-100k-article.yaml", []),  # the model; data overridden
         "distrib I-AutoRec + MF (no refit)": ("configs/ml-latest-small.yaml", ["train.refit=false"]),
         "distrib I-AutoRec + MF (ml-latest-small.yaml)": ("configs/ml-latest-small.yaml", []),
+        "distrib I-AutoRec + MF, stacked": ("configs/ml-latest-small.yaml", ["model.blend=validation"]),
     }),
 }
 SURPRISE_METHODS = ("Surprise SVD", "Surprise SVD++")
