@@ -98,38 +98,36 @@ class AutoRecConfig(Section):
 @dataclass
 class KernelNetConfig(Section):
     KEY: ClassVar[str] = "model.kernelnet"
-    hidden: int = option(500, "kernelNet's units per hidden layer", ge=1)
-    layers: int = option(2, "kernelNet's sigmoid hidden layers (then one identity layer out)", ge=1)
-    kernel_dim: int = option(5, "size of the vectors whose distances gate each weight", ge=1)
-    l2: float = option(20.0, "lambda_2: L2 on the weights (lambda_2/2 * squared weights per pass)", ge=0.0)
-    sparsity: float = option(0.006, "lambda_s: L2 on the kernel values, which sparsifies the layers", ge=0.0)
+    hidden: int = option(500, "units per hidden layer", ge=1)
+    layers: int = option(2, "sigmoid hidden layers", ge=1)
+    kernel_dim: int = option(5, "size of the vectors that gate each weight", ge=1)
+    l2: float = option(20.0, "lambda_2 on the weights", ge=0.0)
+    sparsity: float = option(0.006, "lambda_s on the kernel values", ge=0.0)
 
 
 @dataclass
 class ModelConfig(Section):
     KEY: ClassVar[str] = "model"
     name: Literal["embeddingnet", "mf", "autorec", "kernelnet", "ensemble"] = option(
-        "embeddingnet", "the article's MLP, biased MF, I-AutoRec, kernelNet (Sparse FC), or an ensemble of them")
+        "embeddingnet", "the article's MLP, biased MF, I-AutoRec, kernelNet, or an ensemble of them")
     n_factors: int = option(50, "embedding size (embeddingnet, mf)", ge=1)
     hidden: list[int] = option([100, 100], "hidden layer sizes (embeddingnet)", ge=1)
     dropouts: list[float] = option([0.2, 0.2], "dropout after each hidden layer (fewer rates: the last layers "
                                                "have none)", ge=0.0, lt=1.0)
     embedding_dropout: float = option(0.02, "dropout on the concatenated embeddings", ge=0.0, lt=1.0)
     bias: bool = option(False, "user and movie bias terms added to the output")
-    implicit: bool = option(False, "embeddingnet: SVD++'s implicit term, the normalised sum of a second table's "
-                                   "vectors of the movies the user rated in training, added to the user's vector")
-    dot: bool = option(False, "embeddingnet: the user and movie vectors' dot product added to the output (NeuMF)")
+    implicit: bool = option(False, "embeddingnet: + SVD++'s implicit term on the user's vector")
+    dot: bool = option(False, "embeddingnet: + the user-movie dot product on the output (NeuMF)")
     factor_reg: float = option(0.0, "per-rating L2 on each batch's user and movie embeddings", ge=0.0)
     bias_reg: float = option(0.0, "per-rating L2 on each batch's bias terms", ge=0.0)
     autorec: AutoRecConfig = section(AutoRecConfig, "I-AutoRec (model.name=autorec or an ensemble member)")
-    kernelnet: KernelNetConfig = section(KernelNetConfig, "kernelNet (model.name=kernelnet or an ensemble member)")
+    kernelnet: KernelNetConfig = section(KernelNetConfig, "kernelNet (Sparse FC)")
     members: list[MemberName] = option([], "name=ensemble: its models, each fit on its own error; it predicts "
                                            "their weighted mean")
     member_weights: list[float] = option([], "name=ensemble: one weight per member; empty: equal weights",
                                          gt=0.0)
-    blend: Literal["mean", "validation"] = option(
-        "mean", "name=ensemble: mean: member_weights; validation: non-negative weights summing to 1 fitted by "
-                "least squares on the validation part after early stopping, then kept for the refit and the test")
+    blend: Literal["mean", "validation"] = option("mean", "name=ensemble: member_weights, or weights fitted on "
+                                                          "validation (stacking)")
 
     def __post_init__(self):
         super().__post_init__()
