@@ -49,10 +49,12 @@ DATASETS = {  # name -> (split label, {method: (distrib config, extra overrides)
         "distrib I-AutoRec + MF, stacked": ("configs/ml-100k.yaml", ["model.blend=validation"]),
         "distrib I-AutoRec + MF + kernelNet, stacked": ("configs/ml-100k.yaml", [
             "model.members=[autorec,mf,kernelnet]", "model.blend=validation"]),
-        "distrib EmbeddingNet + implicit (tuned, no refit)": ("configs/ml-100k-embeddingnet.yaml",
-                                                              ["model.implicit=true", "train.refit=false"]),
-        "distrib EmbeddingNet + implicit + dot (tuned, no refit)": ("configs/ml-100k-embeddingnet.yaml", [
-            "model.implicit=true", "model.dot=true", "train.refit=false"]),
+        "distrib EmbeddingNet + implicit (tuned, no refit)": ("configs/ml-100k-embeddingnet-plus.yaml",
+                                                              ["model.dot=false", "train.refit=false"]),
+        "distrib EmbeddingNet + implicit + dot (no refit)": ("configs/ml-100k-embeddingnet-plus.yaml",
+                                                             ["train.refit=false"]),
+        "distrib EmbeddingNet + implicit + dot (ml-100k-embeddingnet-plus.yaml)": (
+            "configs/ml-100k-embeddingnet-plus.yaml", []),
     }),
     "ml-latest-small": ("random 80/20", {
         "distrib EmbeddingNet (article)": ("configs/ml-100k-article.yaml", []),  # the model; data overridden
