@@ -31,7 +31,7 @@ DatasetName = Literal["synthetic", "ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-2
                       "ml-latest-small", "file"]
 SplitName = Literal["random", "temporal", "u1", "u2", "u3", "u4", "u5", "ua", "ub"]
 ML100K_SPLITS = typing.get_args(SplitName)[2:]
-MemberName = Literal["embeddingnet", "mf", "autorec"]
+MemberName = Literal["embeddingnet", "mf", "autorec", "kernelnet"]
 
 
 @dataclass
@@ -96,35 +96,52 @@ class AutoRecConfig(Section):
 
 
 @dataclass
+class KernelNetConfig(Section):
+    KEY: ClassVar[str] = "model.kernelnet"
+    hidden: int = option(500, "units per hidden layer", ge=1)
+    layers: int = option(2, "sigmoid hidden layers", ge=1)
+    kernel_dim: int = option(5, "size of the vectors that gate each weight", ge=1)
+    l2: float = option(20.0, "lambda_2 on the weights", ge=0.0)
+    sparsity: float = option(0.006, "lambda_s on the kernel values", ge=0.0)
+
+
+@dataclass
 class ModelConfig(Section):
     KEY: ClassVar[str] = "model"
-    name: Literal["embeddingnet", "mf", "autorec", "ensemble"] = option(
-        "embeddingnet", "the article's MLP, biased MF, I-AutoRec, or an ensemble of them")
+    name: Literal["embeddingnet", "mf", "autorec", "kernelnet", "ensemble"] = option(
+        "embeddingnet", "the article's MLP, biased MF, I-AutoRec, kernelNet, or an ensemble of them")
     n_factors: int = option(50, "embedding size (embeddingnet, mf)", ge=1)
     hidden: list[int] = option([100, 100], "hidden layer sizes (embeddingnet)", ge=1)
     dropouts: list[float] = option([0.2, 0.2], "dropout after each hidden layer (fewer rates: the last layers "
                                                "have none)", ge=0.0, lt=1.0)
     embedding_dropout: float = option(0.02, "dropout on the concatenated embeddings", ge=0.0, lt=1.0)
     bias: bool = option(False, "user and movie bias terms added to the output")
+    implicit: bool = option(False, "embeddingnet: + SVD++'s implicit term on the user's vector")
+    dot: bool = option(False, "embeddingnet: + the user-movie dot product on the output (NeuMF)")
     factor_reg: float = option(0.0, "per-rating L2 on each batch's user and movie embeddings", ge=0.0)
     bias_reg: float = option(0.0, "per-rating L2 on each batch's bias terms", ge=0.0)
     autorec: AutoRecConfig = section(AutoRecConfig, "I-AutoRec (model.name=autorec or an ensemble member)")
+    kernelnet: KernelNetConfig = section(KernelNetConfig, "kernelNet (Sparse FC)")
     members: list[MemberName] = option([], "name=ensemble: its models, each fit on its own error; it predicts "
                                            "their weighted mean")
     member_weights: list[float] = option([], "name=ensemble: one weight per member; empty: equal weights",
                                          gt=0.0)
+    blend: Literal["mean", "validation"] = option("mean", "name=ensemble: member_weights, or weights fitted on "
+                                                          "validation (stacking)")
 
     def __post_init__(self):
         super().__post_init__()
         require(len(self.dropouts) <= len(self.hidden), "model.dropouts: more rates than hidden layers")
         if self.name == "ensemble":
             require(len(self.members) >= 2,
-                    "model.members: name=ensemble needs two or more of embeddingnet, mf, autorec")
+                    "model.members: name=ensemble needs two or more of embeddingnet, mf, autorec, kernelnet")
             require(len(set(self.members)) == len(self.members), "model.members: each member at most once")
             require(not {"embeddingnet", "mf"} <= set(self.members),
                     "model.members: embeddingnet and mf both read model.n_factors; ensemble one of them")
             require(not self.member_weights or len(self.member_weights) == len(self.members),
                     "model.member_weights: one weight per member (or none for equal weights)")
+            require(self.blend == "mean" or not self.member_weights,
+                    "model.member_weights: model.blend=validation fits them; leave member_weights empty")
 
 
 @dataclass
@@ -281,12 +298,16 @@ def with_refit_group(cfg: Config) -> Config:
     return dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, group=Path(cfg.run.dir).name))
 
 
-def refit_config(cfg: Config, epochs: int) -> Config:
+def refit_config(cfg: Config, epochs: int, blend_weights: list[float] | None = None) -> Config:
     """The second phase of train.refit: every training rating (no validation carve), `epochs` epochs, no early
-    stopping, in run.dir/refit; the rest (seed, model, schedule per epoch) is the first phase's."""
+    stopping, in run.dir/refit; the rest (seed, model, schedule per epoch) is the first phase's. An ensemble
+    blended on validation keeps the first phase's fitted weights (`blend_weights`) as fixed member_weights."""
     name = f"{cfg.tracking.name}-refit" if cfg.tracking.name else ""
+    model = cfg.model
+    if model.blend == "validation" and blend_weights:
+        model = dataclasses.replace(model, blend="mean", member_weights=list(blend_weights))
     return dataclasses.replace(
-        cfg, data=dataclasses.replace(cfg.data, val_fraction=0.0),
+        cfg, data=dataclasses.replace(cfg.data, val_fraction=0.0), model=model,
         train=dataclasses.replace(cfg.train, epochs=epochs, patience=0, refit=False),
         run=dataclasses.replace(cfg.run, dir=str(Path(cfg.run.dir) / "refit")),
         tracking=dataclasses.replace(cfg.tracking, name=name))

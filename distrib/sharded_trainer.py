@@ -85,6 +85,9 @@ def check_sharding_config(cfg) -> None:
     if cfg.train.optimizer == "lamb":
         raise UserError(f"train.optimizer=lamb: not with dist.embedding_sharding={mode} (its trust ratio needs each "
                         "table's whole norm, and a shard holds part of it); use adam or adamw")
+    if cfg.model.name == "ensemble" and cfg.model.blend == "validation":
+        raise UserError(f"model.blend=validation: not supported with dist.embedding_sharding={mode}; "
+                        "use model.blend=mean or dist.embedding_sharding=none")
 
 
 class ShardedTrainer(Trainer):

@@ -183,7 +183,7 @@ def train_job(cfg: Config, env: DistEnv, device) -> None:
         summary, was_done = run(cfg, env, device, run_dir)
         if cfg.train.refit:
             first = summary.get("phase1", summary)  # a finished job's summary.json is already the combined one
-            refit = refit_config(cfg, first["best_epoch"])
+            refit = refit_config(cfg, first["best_epoch"], first.get("blend_weights"))
             refit_dir = open_run_dir(refit.run.dir, env)
             try:
                 if env.is_main and not was_done:

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from distrib import checkpoint as ckpt
+from distrib.blend import fit_blend
 from distrib.config import Config, check_resume, to_dict
 from distrib.data import PreparedData, RatingSplit
 from distrib.distributed import DistEnv, wrap_ddp
@@ -325,12 +326,28 @@ class Trainer:
             "device": self.device.type,
             "steps": self.progress.step,
         }
+        if self.cfg.model.name == "ensemble" and self.cfg.model.blend == "validation" and len(self.val_split):
+            summary.update(self._stack(best_model))
         if self.data.test is not None and len(self.data.test):
             test = self.evaluate(to_device(self.data.test, self.device), best_model)
             summary.update(test_rmse=test["rmse"], test_mae=test["mae"])
         if self.env.is_main:
             self.run.write_json("summary.json", summary)
         return summary
+
+    def _stack(self, best_model) -> dict:
+        """Stacking: the best checkpoint's members blended by weights fitted on validation alone; best.pt then
+        carries them (a finished run fits them again to the same values)."""
+        weights = fit_blend(best_model, self.val_split, self.env.rank, self.env.world_size, self.autocast)
+        best_model.set_weights(weights)
+        best_path = self.run.checkpoints / "best.pt"
+        if self.env.is_main and best_path.exists():
+            state = ckpt.read_or_refuse(best_path, map_location="cpu")
+            state["model"] = {key: value.cpu() for key, value in best_model.state_dict().items()}
+            atomic_torch_save(state, best_path)
+        if dist.is_initialized():
+            dist.barrier()
+        return {"blend_weights": weights, "blend_val_rmse": self.evaluate(self.val_split, best_model)["rmse"]}
 
     def _load_best(self) -> torch.nn.Module:
         best_path = self.run.checkpoints / "best.pt"

@@ -150,8 +150,11 @@ def test_ensemble_trains_each_member_on_its_own_and_predicts_their_weighted_mean
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_args", [ENSEMBLE, ["model.name=autorec", "model.autorec.hidden=16"]],
-                         ids=["ensemble", "autorec"])
+@pytest.mark.parametrize("model_args", [ENSEMBLE, ["model.name=autorec", "model.autorec.hidden=16"],
+                                        ["model.name=kernelnet", "model.kernelnet.hidden=16"],
+                                        ["model.implicit=true", "model.dot=true", "model.dropouts=[0]",
+                                         "model.embedding_dropout=0"]],
+                         ids=["ensemble", "autorec", "kernelnet", "embeddingnet-implicit-dot"])
 def test_new_models_train_in_the_distributed_job_with_the_same_weights_on_1_and_2_ranks(tmp_path, model_args):
     args = [*model_args, "train.weight_decay=0", "train.epochs=2"]
     one = check_ok(train_cli(tiny(tmp_path, "w1", *args)))

@@ -2,9 +2,10 @@
 
     model = build_model(cfg.model, n_users, n_items, rating_min, rating_max)
 
-embeddingnet (the article's, the default), mf (biased matrix factorisation), autorec (I-AutoRec) and
-ensemble (members trained side by side, predictions averaged). Every model is a `RatingModel`: the trainer
-asks it what it needs (`needs_train_ratings`, `owns_penalty`, `embedding_tables()`), never its class.
+embeddingnet (the article's, the default), mf (biased matrix factorisation), autorec (I-AutoRec), kernelnet
+(Sparse FC, GLocal-K's local part) and ensemble (members trained side by side, predictions blended). Every
+model is a `RatingModel`: the trainer asks it what it needs (`needs_train_ratings`, `owns_penalty`,
+`embedding_tables()`), never its class.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from distrib.models.autorec import IAutoRec
 from distrib.models.base import RatingModel
 from distrib.models.embeddingnet import EmbeddingNet
 from distrib.models.ensemble import Ensemble
+from distrib.models.kernelnet import KernelNet
 from distrib.models.mf import BiasedMF
 from distrib.models.penalty import build_penalty
 
@@ -24,7 +26,8 @@ def _embeddingnet(cfg: ModelConfig, n_users: int, n_items: int, rating_min: floa
     return EmbeddingNet(
         n_users=n_users, n_items=n_items, n_factors=cfg.n_factors, hidden=list(cfg.hidden),
         dropouts=list(cfg.dropouts), embedding_dropout=cfg.embedding_dropout,
-        rating_min=rating_min, rating_max=rating_max, bias=cfg.bias,
+        rating_min=rating_min, rating_max=rating_max, bias=cfg.bias, implicit=cfg.implicit,
+        dot=cfg.dot,
     )
 
 
@@ -36,6 +39,11 @@ def _autorec(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, ra
     return IAutoRec(n_users, n_items, cfg.autorec.hidden, cfg.autorec.l2, rating_min, rating_max)
 
 
+def _kernelnet(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, rating_max: float) -> RatingModel:
+    k = cfg.kernelnet
+    return KernelNet(n_users, n_items, k.hidden, k.layers, k.kernel_dim, k.l2, k.sparsity, rating_min, rating_max)
+
+
 def _ensemble(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, rating_max: float) -> RatingModel:
     member_cfgs = [replace(cfg, name=name, members=[]) for name in cfg.members]
     members = [build_model(member, n_users, n_items, rating_min, rating_max) for member in member_cfgs]
@@ -44,7 +52,8 @@ def _ensemble(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, r
 
 
 MODELS: dict[str, Callable[..., RatingModel]] = {
-    "embeddingnet": _embeddingnet, "mf": _mf, "autorec": _autorec, "ensemble": _ensemble,
+    "embeddingnet": _embeddingnet, "mf": _mf, "autorec": _autorec, "kernelnet": _kernelnet,
+    "ensemble": _ensemble,
 }
 
 
@@ -53,5 +62,5 @@ def build_model(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float,
     return MODELS[cfg.name](cfg, n_users, n_items, rating_min, rating_max)
 
 
-__all__ = ["MODELS", "BiasedMF", "EmbeddingNet", "Ensemble", "IAutoRec", "RatingModel", "build_model",
+__all__ = ["MODELS", "BiasedMF", "EmbeddingNet", "Ensemble", "IAutoRec", "KernelNet", "RatingModel", "build_model",
            "build_penalty"]

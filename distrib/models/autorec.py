@@ -26,20 +26,19 @@ from distrib.models.base import RatingModel
 MAX_DENSE_ENTRIES = 200_000_000  # items x users of the float16 buffer: 400 MB (ml-10m is 10677 x 69878 = 746M)
 
 
-class IAutoRec(RatingModel):
-    needs_train_ratings = True
-    owns_penalty = True
+class ItemColumns(RatingModel):
+    """The training rating matrix as a buffer (items x users, float16), filled by `attach_train` and saved
+    with the weights; the base of the item-based autoencoders (autorec, kernelnet)."""
 
-    def __init__(self, n_users: int, n_items: int, n_hidden: int, l2: float, rating_min: float, rating_max: float):
+    needs_train_ratings = True
+
+    def __init__(self, n_users: int, n_items: int, name: str, rating_min: float, rating_max: float):
         super().__init__()
         if n_users * n_items > MAX_DENSE_ENTRIES:
-            raise UserError(f"model.name=autorec keeps the {n_items} x {n_users} rating matrix dense; that is over "
+            raise UserError(f"model.name={name} keeps the {n_items} x {n_users} rating matrix dense; that is over "
                             f"{MAX_DENSE_ENTRIES:,} entries: use model.name=mf or embeddingnet for this dataset")
-        self.encoder = nn.Linear(n_users, n_hidden)
-        self.decoder = nn.Linear(n_hidden, n_users)
         self.register_buffer("ratings", torch.zeros(n_items, n_users, dtype=torch.float16))
         self.register_buffer("n_train", torch.zeros((), dtype=torch.int64))
-        self.l2 = float(l2)
         self._n_train = 0
         self.rating_min, self.rating_max = float(rating_min), float(rating_max)
 
@@ -54,18 +53,35 @@ class IAutoRec(RatingModel):
         self.n_train.fill_(users.numel())
         self._n_train = users.numel()  # a host copy: no device sync per step in penalty()
 
+    def columns(self, items: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """The movies' training rating columns (all movies for None), in the layers' dtype."""
+        return (self.ratings if items is None else self.ratings[items]).to(dtype)
+
+    def share(self, users: torch.Tensor) -> float:
+        """This batch's share of one pass over the training ratings (the L2 terms are per pass)."""
+        return users.numel() / (self._n_train or max(int(self.n_train), 1))
+
+
+class IAutoRec(ItemColumns):
+    owns_penalty = True
+
+    def __init__(self, n_users: int, n_items: int, n_hidden: int, l2: float, rating_min: float, rating_max: float):
+        super().__init__(n_users, n_items, "autorec", rating_min, rating_max)
+        self.encoder = nn.Linear(n_users, n_hidden)
+        self.decoder = nn.Linear(n_hidden, n_users)
+        self.l2 = float(l2)
+
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         distinct, row = torch.unique(items, return_inverse=True)
-        decoded = self.decoder(torch.sigmoid(self.encoder(self.ratings[distinct].to(self.encoder.weight.dtype))))
+        decoded = self.decoder(torch.sigmoid(self.encoder(self.columns(distinct, self.encoder.weight.dtype))))
         pred = decoded[row, users].float()
         return pred if self.training else pred.clamp(self.rating_min, self.rating_max)
 
     @torch.no_grad()
     def item_vectors(self) -> torch.Tensor:
         """Each movie's code (its hidden units), the model's item embedding for plots and reports."""
-        return torch.sigmoid(self.encoder(self.ratings.to(self.encoder.weight.dtype)))
+        return torch.sigmoid(self.encoder(self.columns(None, self.encoder.weight.dtype)))
 
     def penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        n_train = self._n_train or max(int(self.n_train), 1)
-        share = users.numel() / n_train
-        return (0.5 * self.l2 * share) * (self.encoder.weight.pow(2).sum() + self.decoder.weight.pow(2).sum())
+        weights = self.encoder.weight.pow(2).sum() + self.decoder.weight.pow(2).sum()
+        return (0.5 * self.l2 * self.share(users)) * weights

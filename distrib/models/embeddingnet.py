@@ -3,7 +3,15 @@
 User and movie embeddings are concatenated (user first), embedding dropout applied, then
 Linear -> ReLU -> Dropout for each hidden size, a final Linear to one unit, and a sigmoid scaled so
 outputs span [min_rating - 0.5, max_rating + 0.5]. `model.bias=true` adds user and item bias terms
-to the logit (off by default, which keeps the article's model).
+to the logit (off by default, which keeps the article's model). `model.implicit=true` adds SVD++'s implicit
+term (Koren 2008) to the user's vector before the MLP: who rated what, not how,
+
+    user(u) = u[u] + |N(u)|^-1/2 * sum_{j in N(u)} y[j],   N(u) = the movies u rated in training
+
+with y a second movie table. `model.dot=true` also adds the dot product of the user's and the movie's vectors
+to the logit (NeuMF's GMF branch beside the MLP: an MLP learns a dot product poorly, Rendle et al. 2020).
+The normalised "rated" matrix is a float16 buffer (users x movies) that the
+trainer fills once with `attach_train` and the checkpoint carries, as I-AutoRec's rating matrix.
 
 The modules are the article's (same state_dict keys), but forward fuses each hidden ReLU with its dropout and
 draws masks with `distrib.models.dropout`, which on CPU is much cheaper than `nn.Dropout`'s bernoulli.
@@ -13,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from distrib.errors import UserError
+from distrib.models.autorec import MAX_DENSE_ENTRIES
 from distrib.models.base import RatingModel
 from distrib.models.dropout import dropout, relu_dropout_
 
@@ -22,10 +32,21 @@ LINEAR_BIAS_INIT = 0.01
 
 class EmbeddingNet(RatingModel):
     def __init__(self, n_users: int, n_items: int, n_factors: int, hidden: list[int], dropouts: list[float],
-                 embedding_dropout: float, rating_min: float, rating_max: float, bias: bool = False):
+                 embedding_dropout: float, rating_min: float, rating_max: float, bias: bool = False,
+                 implicit: bool = False, dot: bool = False):
         super().__init__()
         self.u = nn.Embedding(n_users, n_factors)
         self.m = nn.Embedding(n_items, n_factors)
+        self.dot = dot
+        self.implicit = None
+        if implicit:
+            if n_users * n_items > MAX_DENSE_ENTRIES:
+                raise UserError(f"model.implicit keeps the {n_users} x {n_items} rated matrix dense; that is over "
+                                f"{MAX_DENSE_ENTRIES:,} entries: use model.implicit=false for this dataset")
+            self.needs_train_ratings = True
+            # a plain parameter, not an nn.Embedding: every batch reads all of it (a matrix product)
+            self.implicit = nn.Parameter(torch.empty(n_items, n_factors))
+            self.register_buffer("rated", torch.zeros(n_users, n_items, dtype=torch.float16))
         self.drop = nn.Dropout(embedding_dropout)
         layers: list[nn.Module] = []
         self._blocks: list[tuple[nn.Linear, nn.Dropout | None]] = []  # views into self.hidden, for forward
@@ -48,6 +69,8 @@ class EmbeddingNet(RatingModel):
     def _init(self) -> None:
         for emb in (self.u, self.m):
             emb.weight.data.uniform_(-EMBEDDING_INIT_RANGE, EMBEDDING_INIT_RANGE)
+        if self.implicit is not None:
+            self.implicit.data.uniform_(-EMBEDDING_INIT_RANGE, EMBEDDING_INIT_RANGE)
         for bias in (self.user_bias, self.item_bias):
             if bias is not None:
                 bias.weight.data.zero_()
@@ -56,11 +79,32 @@ class EmbeddingNet(RatingModel):
                 nn.init.xavier_uniform_(layer.weight)
                 layer.bias.data.fill_(LINEAR_BIAS_INIT)
 
+    @torch.no_grad()
+    def attach_train(self, train) -> None:
+        """The implicit term's input: 1/sqrt(|N(u)|) where user u rated movie j in training, else 0."""
+        if self.implicit is None:
+            return
+        device = self.rated.device
+        users = torch.as_tensor(train.users, dtype=torch.int64).to(device)
+        items = torch.as_tensor(train.items, dtype=torch.int64).to(device)
+        counts = torch.bincount(users, minlength=self.rated.shape[0]).clamp(min=1).double()
+        self.rated.zero_()
+        self.rated[users, items] = counts.rsqrt()[users].to(torch.float16)
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        vectors = self.u(users)
+        if self.implicit is None:
+            return vectors
+        return vectors + (self.rated[users].to(self.implicit.dtype) @ self.implicit).to(vectors.dtype)
+
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        x = dropout(torch.cat([self.u(users), self.m(items)], dim=1), self.drop.p, self.training)
+        user, movie = self.user_vectors(users), self.m(items)
+        x = dropout(torch.cat([user, movie], dim=1), self.drop.p, self.training)
         for linear, drop in self._blocks:
             x = relu_dropout_(linear(x), drop.p if drop is not None else 0.0, self.training)
         logit = self.fc(x).squeeze(-1)
+        if self.dot:
+            logit = logit + (user.float() * movie.float()).sum(-1)
         if self.user_bias is not None:
             logit = logit + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1)
         span = self.rating_max - self.rating_min + 1

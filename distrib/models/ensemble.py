@@ -1,5 +1,6 @@
 """An ensemble trained by the job (`model.name=ensemble`, `model.members=[autorec, mf]`): the prediction is
-the weighted mean of the members' predictions (weights `model.member_weights`, normalised; equal if empty).
+the weighted mean of the members' predictions (weights `model.member_weights`, normalised; equal if empty;
+with `model.blend=validation` fitted on the validation part after early stopping: distrib.blend).
 
 Each member is fit to the ratings on its own, as if trained alone, but in the same job: the same batches,
 optimizer, schedule, DDP and checkpoints (member i's weights under `members.i.`). In training mode forward
@@ -26,11 +27,27 @@ class Ensemble(RatingModel):
                  rating_min: float, rating_max: float):
         super().__init__()
         self.members = nn.ModuleList(members)
-        weights = torch.tensor(member_weights or [1.0] * len(members), dtype=torch.float32)
-        self.weights = (weights / weights.sum()).tolist()
+        # a buffer, so a checkpoint carries the weights it predicts with (fitted ones included)
+        self.register_buffer("blend", torch.zeros(len(members)))
+        self.set_weights(member_weights or [1.0] * len(members))
         self._penalties = penalties
         self.needs_train_ratings = any(member.needs_train_ratings for member in members)
         self.rating_min, self.rating_max = float(rating_min), float(rating_max)
+
+    def set_weights(self, weights: list[float]) -> None:
+        """The blend's weights (normalised to sum to one)."""
+        total = float(sum(weights))
+        with torch.no_grad():
+            self.blend.copy_(torch.tensor([float(w) / total for w in weights]))
+
+    @property
+    def weights(self) -> list[float]:
+        return self.blend.tolist()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a checkpoint from before the weights were saved: it predicted with the config's, which are these
+        state_dict.setdefault(prefix + "blend", self.blend.detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def attach_train(self, train) -> None:
         for member in self.members:
@@ -43,7 +60,7 @@ class Ensemble(RatingModel):
         preds = [member(users, items).float() for member in self.members]
         if self.training:
             return torch.stack(preds)
-        pred = sum(w * p for w, p in zip(self.weights, preds))
+        pred = sum(w * p for w, p in zip(self.blend.to(preds[0].dtype), preds))
         return pred.clamp(self.rating_min, self.rating_max)
 
     def penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
