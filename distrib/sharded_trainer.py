@@ -70,9 +70,9 @@ def quiet_third_party() -> None:
 
 
 def check_sharding_config(cfg) -> None:
-    """The sharded trainer's own limits, checked on every rank before any collective."""
+    """The sharded trainer's own limits, checked on every rank before any collective: the config's conflicts
+    first (the same answer on any machine), then whether TorchRec is installed."""
     mode = cfg.dist.embedding_sharding
-    require_torchrec(mode)
     if cfg.train.compile:
         raise UserError(f"train.compile: not supported with dist.embedding_sharding={mode} (TorchRec's sharded "
                         "modules run eager); set train.compile=false")
@@ -88,6 +88,7 @@ def check_sharding_config(cfg) -> None:
     if cfg.model.name == "ensemble" and cfg.model.blend == "validation":
         raise UserError(f"model.blend=validation: not supported with dist.embedding_sharding={mode}; "
                         "use model.blend=mean or dist.embedding_sharding=none")
+    require_torchrec(mode)
 
 
 class ShardedTrainer(Trainer):
