@@ -20,9 +20,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from distrib.metrics import EVAL_BATCH
 from distrib.sampler import shard_bounds
-
-EVAL_BATCH = 65536
 
 
 @torch.no_grad()

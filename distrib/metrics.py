@@ -9,6 +9,8 @@ import math
 
 import torch
 
+EVAL_BATCH = 65536  # ratings per forward pass when only predicting (validation, test, blending)
+
 
 def error_sums(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """[sum of squared errors, sum of absolute errors, count] of one batch, in float64."""

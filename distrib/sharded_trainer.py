@@ -21,13 +21,13 @@ import torch.distributed as dist
 from distrib import sharded_checkpoint as sckpt
 from distrib.distributed import bf16_allreduce_hook
 from distrib.errors import UserError
-from distrib.metrics import error_sums, from_sums
+from distrib.metrics import EVAL_BATCH, error_sums, from_sums
 from distrib.models import build_model, build_penalty
 from distrib.sampler import shard_bounds
 from distrib.schedule import build_scheduler
 from distrib.sharding import build_sharded, dense_kernels, dense_state, gather_tables, require_torchrec
 from distrib.touched_rows import attach_to_optimizer
-from distrib.trainer import EVAL_BATCH, DeviceSplit, Trainer, build_optimizer
+from distrib.trainer import DeviceSplit, Trainer, build_optimizer
 
 log = logging.getLogger("distrib")
 
@@ -73,21 +73,23 @@ def check_sharding_config(cfg) -> None:
     """The sharded trainer's own limits, checked on every rank before any collective: the config's conflicts
     first (the same answer on any machine), then whether TorchRec is installed."""
     mode = cfg.dist.embedding_sharding
-    if cfg.train.compile:
-        raise UserError(f"train.compile: not supported with dist.embedding_sharding={mode} (TorchRec's sharded "
-                        "modules run eager); set train.compile=false")
-    if cfg.train.precision == "bf16":
-        raise UserError(f"train.precision=bf16: dist.embedding_sharding={mode} trains in fp32 only "
-                        "(train.precision=auto picks fp32 there)")
-    if cfg.train.cuda_graph:
-        raise UserError(f"train.cuda_graph: not supported with dist.embedding_sharding={mode} (TorchRec's "
-                        "all-to-all runs outside a captured graph); set train.cuda_graph=false")
-    if cfg.train.optimizer == "lamb":
-        raise UserError(f"train.optimizer=lamb: not with dist.embedding_sharding={mode} (its trust ratio needs each "
-                        "table's whole norm, and a shard holds part of it); use adam or adamw")
-    if cfg.model.name == "ensemble" and cfg.model.blend == "validation":
-        raise UserError(f"model.blend=validation: not supported with dist.embedding_sharding={mode}; "
-                        "use model.blend=mean or dist.embedding_sharding=none")
+    conflicts = (
+        (cfg.train.compile, "train.compile: not supported with dist.embedding_sharding={mode} (TorchRec's sharded "
+                            "modules run eager); set train.compile=false"),
+        (cfg.train.precision == "bf16", "train.precision=bf16: dist.embedding_sharding={mode} trains in fp32 only "
+                                        "(train.precision=auto picks fp32 there)"),
+        (cfg.train.cuda_graph, "train.cuda_graph: not supported with dist.embedding_sharding={mode} (TorchRec's "
+                               "all-to-all runs outside a captured graph); set train.cuda_graph=false"),
+        (cfg.train.optimizer == "lamb", "train.optimizer=lamb: not with dist.embedding_sharding={mode} (its trust "
+                                        "ratio needs each table's whole norm, and a shard holds part of it); use "
+                                        "adam or adamw"),
+        (cfg.model.name == "ensemble" and cfg.model.blend == "validation",
+         "model.blend=validation: not supported with dist.embedding_sharding={mode}; use model.blend=mean or "
+         "dist.embedding_sharding=none"),
+    )
+    for conflict, message in conflicts:
+        if conflict:
+            raise UserError(message.format(mode=mode))
     require_torchrec(mode)
 
 

@@ -27,17 +27,16 @@ from distrib.errors import UserError
 from distrib.fsutil import atomic_torch_save
 from distrib.graphstep import StaticStep, check_graphable, graph_optimizer_options
 from distrib.health import DivergenceGuard
-from distrib.metrics import error_sums, from_sums
+from distrib.lamb import Lamb
+from distrib.metrics import EVAL_BATCH, error_sums, from_sums
 from distrib.models import build_model, build_penalty
 from distrib.precision import resolve_precision
 from distrib.progress import EpochProgress
 from distrib.rundir import RunDir
 from distrib.sampler import epoch_permutation, rank_batches, rank_slice, shard_bounds, steps_per_epoch
-from distrib.lamb import Lamb
 from distrib.schedule import batch_at, build_scheduler, scaled_lr
 
 log = logging.getLogger("distrib")
-EVAL_BATCH = 65536
 
 
 @dataclass
@@ -68,6 +67,7 @@ def to_device(split: RatingSplit, device: torch.device) -> DeviceSplit:
 
 class Trainer:
     supports_bf16 = True  # whether train.precision=auto may choose bf16 for this trainer
+
     def __init__(self, cfg: Config, env: DistEnv, device: torch.device, data: PreparedData, run: RunDir):
         self.cfg, self.env, self.device, self.data, self.run = cfg, env, device, data, run
         self.tracker = None
