@@ -78,9 +78,9 @@ RULES = {  # name -> overrides; warmup length in epochs of the row's own batch
 }
 
 
-def train_row(dataset: str, batch: int, rule: str, epochs: int, extra: list[str]) -> dict:
+def train_row(dataset: str, batch: int, rule: str, epochs: int, seed: int, extra: list[str]) -> dict:
     cfg = article_config(*DATASETS[dataset], *RULES[rule], f"train.batch_size={batch}", f"train.epochs={epochs}",
-                         "train.log_every_steps=1000000", *extra)
+                         f"train.seed={seed}", "train.log_every_steps=1000000", *extra)
     data = load_dataset(cfg.data)
     n_train = len(data.train.ratings)
     if n_train < 2 * batch:
@@ -111,21 +111,27 @@ def epochs_within(curve: list[float], target: float) -> int | None:
     return None
 
 
+def reference_key(row: dict) -> tuple[str, int]:
+    """Rows compare with the batch-2000 row of the same dataset and seed (rows without a seed ran seed 0)."""
+    return row["dataset"], row.get("seed", 0)
+
+
 def print_table(results: list[dict]) -> None:
-    ref = {r["dataset"]: r for r in results if r["batch"] == REF_BATCH and r["rule"] == "sqrt" and "best_val" in r}
-    print(f"{'dataset':16s} {'batch':>7s} {'rule':22s} {'peak lr':>8s} {'steps/ep':>8s} {'best val':>8s} "
+    ref = {reference_key(r): r for r in results
+           if r["batch"] == REF_BATCH and r["rule"] == "sqrt" and "best_val" in r}
+    print(f"{'dataset':16s} {'seed':>4s} {'batch':>7s} {'rule':22s} {'peak lr':>8s} {'steps/ep':>8s} {'best val':>8s} "
           f"{'test':>7s} {'d test':>7s} {'ep<=ref+.005':>12s} {'x ref':>6s} {'best ep':>7s} {'run':>4s} "
           f"{'samples/s':>9s} {'wall s':>7s}")
     for r in results:
         if "skipped" in r:
-            print(f"{r['dataset']:16s} {r['batch']:7d} {r['rule']:22s} skipped: {r['skipped']}")
+            print(f"{r['dataset']:16s} {r.get('seed', 0):4d} {r['batch']:7d} {r['rule']:22s} skipped: {r['skipped']}")
             continue
-        base = ref.get(r["dataset"])
+        base = ref.get(reference_key(r))
         reach = epochs_within(r["val_curve"], base["best_val"]) if base else None
         base_reach = epochs_within(base["val_curve"], base["best_val"]) if base else None
         ratio = f"{reach / base_reach:6.2f}" if reach and base_reach else f"{'-':>6s}"
         d_test = r["test"] - base["test"] if base else math.nan
-        print(f"{r['dataset']:16s} {r['batch']:7d} {r['rule']:22s} {r['lr']:8.2e} {r['steps_per_epoch']:8d} "
+        print(f"{r['dataset']:16s} {r.get('seed', 0):4d} {r['batch']:7d} {r['rule']:22s} {r['lr']:8.2e} {r['steps_per_epoch']:8d} "
               f"{r['best_val']:8.4f} {r['test']:7.4f} {d_test:+7.4f} {reach or '>' + str(r['epochs_run']):>12} "
               f"{ratio} {r['best_epoch']:7d} {r['epochs_run']:4d} {r['samples_per_s']:9.0f} {r['wall_s']:7.0f}")
     print(f"\nep<=ref+.005: first epoch whose validation RMSE is within {WITHIN} of the batch-{REF_BATCH} row's best; "
@@ -145,7 +151,8 @@ def plan(datasets: list[str], batches: list[int], rules: list[str]) -> list[tupl
 def epoch_cap(results: list[dict], dataset: str, batch: int, args) -> int:
     """--epochs, and for the larger batches at most --cap-factor times the epochs the batch-2000 row took to its
     best validation RMSE: the issue's target is the same accuracy in at most twice the epochs."""
-    ref = [r for r in results if r["dataset"] == dataset and r["batch"] == REF_BATCH and "best_epoch" in r]
+    ref = [r for r in results if reference_key(r) == (dataset, args.seed) and r["batch"] == REF_BATCH
+           and "best_epoch" in r]
     if batch == REF_BATCH or not ref or not args.cap_factor:
         return args.epochs
     return min(args.epochs, math.ceil(args.cap_factor * ref[0]["best_epoch"]))
@@ -160,6 +167,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40, help="cap per run (early stopping usually ends it)")
     parser.add_argument("--cap-factor", type=float, default=2.0,
                         help="larger batches stop after this many times the batch-2000 row's best epoch (0: no cap)")
+    parser.add_argument("--seed", type=int, default=0, help="train.seed of every run (rows compare within a seed)")
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides for every run")
     parser.add_argument("--out", default="", help="append each finished row here (JSON lines); resumes from it")
     parser.add_argument("--table", default="", help="only print the table of the rows in this file")
@@ -171,10 +179,11 @@ def main() -> None:
     done = [json.loads(x) for x in out.read_text().splitlines() if x] if out and out.exists() else []
     results = list(done)
     for dataset, batch, rule in plan(args.datasets, args.batches, args.rules):
-        key = {"dataset": dataset, "batch": batch, "rule": rule, "set": args.set}
-        if any(all(r.get(k) == v for k, v in key.items()) for r in done):
+        key = {"dataset": dataset, "batch": batch, "rule": rule, "seed": args.seed, "set": args.set}
+        if any(all(r.get(k, 0 if k == "seed" else None) == v for k, v in key.items()) for r in done):
             continue
-        row = {**key, **train_row(dataset, batch, rule, epoch_cap(results, dataset, batch, args), args.set)}
+        row = {**key, **train_row(dataset, batch, rule, epoch_cap(results, dataset, batch, args), args.seed,
+                                  args.set)}
         results.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "val_curve"}), flush=True)
         if out:

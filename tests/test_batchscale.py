@@ -96,3 +96,19 @@ def test_batch_size_per_rank_makes_the_global_batch_grow_with_the_world():
     assert [with_world_batch(cfg, env(w)).train.batch_size for w in (1, 2, 8)] == [4000, 8000, 32000]
     plain = load_config(None, ["train.batch_size=32000"])
     assert with_world_batch(plain, env(8)).train.batch_size == 32000  # train.batch_size is global
+
+
+def test_batch_scaling_study_compares_each_row_with_the_reference_of_its_own_seed(capsys):
+    from benchmarks import batch_scaling
+
+    def row(seed, batch, val, test, rule="sqrt"):
+        return {"dataset": "ml-100k", "seed": seed, "batch": batch, "rule": rule, "best_val": val, "test": test,
+                "val_curve": [val], "best_epoch": 1, "epochs_run": 1, "steps_per_epoch": 1, "lr": 1e-3,
+                "samples_per_s": 1.0, "wall_s": 1.0}
+
+    rows = [row(0, 2000, 0.93, 0.95), row(1, 2000, 0.90, 0.91), row(1, 32000, 0.90, 0.92, "sqrt+ramp6")]
+    rows[0].pop("seed")  # rows written before the study had seeds ran seed 0
+    assert {batch_scaling.reference_key(r) for r in rows} == {("ml-100k", 0), ("ml-100k", 1)}
+    batch_scaling.print_table(rows)
+    line = next(x for x in capsys.readouterr().out.splitlines() if "sqrt+ramp6" in x)
+    assert "+0.0100" in line  # against seed 1's reference (0.91), not seed 0's (0.95)
