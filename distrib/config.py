@@ -31,7 +31,7 @@ DatasetName = Literal["synthetic", "ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-2
                       "ml-latest-small", "file"]
 SplitName = Literal["random", "temporal", "u1", "u2", "u3", "u4", "u5", "ua", "ub"]
 ML100K_SPLITS = typing.get_args(SplitName)[2:]
-MemberName = Literal["embeddingnet", "mf", "autorec", "kernelnet"]
+MemberName = Literal["embeddingnet", "mf", "autorec", "uautorec", "kernelnet"]
 
 
 @dataclass
@@ -90,9 +90,13 @@ class DataConfig(Section):
 @dataclass
 class AutoRecConfig(Section):
     KEY: ClassVar[str] = "model.autorec"
-    hidden: int = option(500, "I-AutoRec's sigmoid code units", ge=1)
-    l2: float = option(100.0, "I-AutoRec's L2 lambda (lambda/2 * squared weights per pass)",
-                       ge=0.0)
+    hidden: int = option(500, "sigmoid code units", ge=1)
+    l2: float = option(100.0, "L2 lambda (lambda/2 * squared weights per pass)", ge=0.0)
+
+
+@dataclass
+class UAutoRecConfig(AutoRecConfig):
+    KEY: ClassVar[str] = "model.uautorec"
 
 
 @dataclass
@@ -108,8 +112,8 @@ class KernelNetConfig(Section):
 @dataclass
 class ModelConfig(Section):
     KEY: ClassVar[str] = "model"
-    name: Literal["embeddingnet", "mf", "autorec", "kernelnet", "ensemble"] = option(
-        "embeddingnet", "the article's MLP, biased MF, I-AutoRec, kernelNet, or an ensemble of them")
+    name: Literal["embeddingnet", "mf", "autorec", "uautorec", "kernelnet", "ensemble"] = option(
+        "embeddingnet", "the article's MLP, biased MF, I-AutoRec, U-AutoRec, kernelNet, or an ensemble of them")
     n_factors: int = option(50, "embedding size (embeddingnet, mf)", ge=1)
     hidden: list[int] = option([100, 100], "hidden layer sizes (embeddingnet)", ge=1)
     dropouts: list[float] = option([0.2, 0.2], "dropout after each hidden layer (fewer rates: the last layers "
@@ -121,6 +125,7 @@ class ModelConfig(Section):
     factor_reg: float = option(0.0, "per-rating L2 on each batch's user and movie embeddings", ge=0.0)
     bias_reg: float = option(0.0, "per-rating L2 on each batch's bias terms", ge=0.0)
     autorec: AutoRecConfig = section(AutoRecConfig, "I-AutoRec (model.name=autorec or an ensemble member)")
+    uautorec: UAutoRecConfig = section(UAutoRecConfig, "U-AutoRec (model.name=uautorec or an ensemble member)")
     kernelnet: KernelNetConfig = section(KernelNetConfig, "kernelNet (Sparse FC)")
     members: list[MemberName] = option([], "name=ensemble: its models, each fit on its own error; it predicts "
                                            "their weighted mean")
@@ -134,7 +139,7 @@ class ModelConfig(Section):
         require(len(self.dropouts) <= len(self.hidden), "model.dropouts: more rates than hidden layers")
         if self.name == "ensemble":
             require(len(self.members) >= 2,
-                    "model.members: name=ensemble needs two or more of embeddingnet, mf, autorec, kernelnet")
+                    f"model.members: name=ensemble needs two or more of {', '.join(typing.get_args(MemberName))}")
             require(len(set(self.members)) == len(self.members), "model.members: each member at most once")
             require(not {"embeddingnet", "mf"} <= set(self.members),
                     "model.members: embeddingnet and mf both read model.n_factors; ensemble one of them")

@@ -101,7 +101,7 @@ def test_every_shipped_config_loads_and_opens_with_its_command(path):
     ("train.lr=.nan", "train.lr: must be a finite number, got nan"),
     ("train.lr=1" + "0" * 400, "train.lr: must be a finite number, got inf"),
     ("model.dropouts=[0.5, 1.0]", "model.dropouts[1]: must be in [0.0, 1.0), got 1.0"),
-    ("model.members=[mf, svd]", "model.members[1]: unknown value 'svd' (choose from embeddingnet, mf, autorec, kernelnet)"),
+    ("model.members=[mf, svd]", "model.members[1]: unknown value 'svd' (choose from embeddingnet, mf, autorec, uautorec, kernelnet)"),
     ("data.sha256=abc", "data.sha256: expected 64 hexadecimal digits"),
 ])
 def test_ranges_are_declared_beside_each_key_and_checked_generically(override, message):

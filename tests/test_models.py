@@ -11,7 +11,7 @@ import torch
 
 from distrib.config import load_config
 from distrib.errors import UserError
-from distrib.models import BiasedMF, EmbeddingNet, Ensemble, IAutoRec, build_model, build_penalty
+from distrib.models import BiasedMF, EmbeddingNet, Ensemble, IAutoRec, UAutoRec, build_model, build_penalty
 from tests.helpers import check_ok, max_rel_diff, summary, tiny, train_cli, weights
 
 N_USERS, N_ITEMS = 7, 5
@@ -31,7 +31,8 @@ def toy_train() -> SimpleNamespace:
     return SimpleNamespace(users=users, items=items, ratings=ratings)
 
 
-@pytest.mark.parametrize("name, cls", [("embeddingnet", EmbeddingNet), ("mf", BiasedMF), ("autorec", IAutoRec)])
+@pytest.mark.parametrize("name, cls", [("embeddingnet", EmbeddingNet), ("mf", BiasedMF), ("autorec", IAutoRec),
+                                       ("uautorec", UAutoRec)])
 def test_model_name_selects_the_model_and_predictions_have_one_value_per_pair(name, cls):
     _, model = model_for(f"model.name={name}")
     assert type(model) is cls
@@ -125,6 +126,27 @@ def test_autorec_checkpoint_carries_its_input():
     assert torch.equal(model(users, items), fresh(users, items))
 
 
+def test_uautorec_encodes_each_users_row_and_predicts_from_it_alone():
+    cfg, model = model_for("model.name=uautorec", "model.uautorec.hidden=6", "model.uautorec.l2=3.0")
+    assert (model.encoder.in_features, model.decoder.out_features) == (N_ITEMS, N_ITEMS)
+    train = toy_train()
+    model.attach_train(train)
+    model.train()  # unclamped: an untrained model's predictions lie below the rating range
+    users, items = torch.tensor([0, 0, 3]), torch.tensor([1, 4, 0])
+    before = model(users, items)
+    with torch.no_grad():  # another user's ratings change: user 0's and 3's predictions do not
+        model.ratings[:, 1] = 5.0
+    assert torch.equal(model(users, items), before)
+    with torch.no_grad():
+        model.ratings[2, 0] = 1.0  # one of user 0's own ratings changes: user 0's predictions do
+    after = model(users, items)
+    assert not torch.equal(after[:2], before[:2]) and after[2] == before[2]
+    assert model.item_vectors().shape == (N_ITEMS, 6)
+    full = 0.5 * 3.0 * (model.encoder.weight.pow(2).sum() + model.decoder.weight.pow(2).sum())
+    assert build_penalty(cfg, model)(torch.as_tensor(train.users), torch.as_tensor(train.items)).item() == \
+        pytest.approx(full.item(), rel=1e-5)
+
+
 def test_autorec_refuses_a_matrix_too_large_to_keep_dense():
     cfg = load_config(None, ["model.name=autorec"]).model
     with pytest.raises(UserError, match="dense"):
@@ -152,9 +174,10 @@ def test_ensemble_trains_each_member_on_its_own_and_predicts_their_weighted_mean
 @pytest.mark.slow
 @pytest.mark.parametrize("model_args", [ENSEMBLE, ["model.name=autorec", "model.autorec.hidden=16"],
                                         ["model.name=kernelnet", "model.kernelnet.hidden=16"],
+                                        ["model.name=uautorec", "model.uautorec.hidden=16"],
                                         ["model.implicit=true", "model.dot=true", "model.dropouts=[0]",
                                          "model.embedding_dropout=0"]],
-                         ids=["ensemble", "autorec", "kernelnet", "embeddingnet-implicit-dot"])
+                         ids=["ensemble", "autorec", "kernelnet", "uautorec", "embeddingnet-implicit-dot"])
 def test_new_models_train_in_the_distributed_job_with_the_same_weights_on_1_and_2_ranks(tmp_path, model_args):
     args = [*model_args, "train.weight_decay=0", "train.epochs=2"]
     one = check_ok(train_cli(tiny(tmp_path, "w1", *args)))
@@ -191,6 +214,7 @@ def test_adamw_decays_weights_apart_from_the_gradient():
     ("embeddingnet", {"user", "movie"}, False, False),
     ("mf", {"user", "movie", "user_bias", "movie_bias"}, False, False),
     ("autorec", set(), True, True),
+    ("uautorec", set(), True, True),
 ])
 def test_each_model_says_what_it_needs(name, tables, needs_ratings, owns_penalty):
     _, model = model_for(f"model.name={name}")

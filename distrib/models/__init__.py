@@ -2,7 +2,7 @@
 
     model = build_model(cfg.model, n_users, n_items, rating_min, rating_max)
 
-embeddingnet (the article's, the default), mf (biased matrix factorisation), autorec (I-AutoRec), kernelnet
+embeddingnet (the article's, the default), mf (biased matrix factorisation), autorec (I-AutoRec), uautorec (U-AutoRec), kernelnet
 (Sparse FC, GLocal-K's local part) and ensemble (members trained side by side, predictions blended). Every
 model is a `RatingModel`: the trainer asks it what it needs (`needs_train_ratings`, `owns_penalty`,
 `embedding_tables()`), never its class.
@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Callable
 
 from distrib.config import ModelConfig
-from distrib.models.autorec import IAutoRec
+from distrib.models.autorec import IAutoRec, UAutoRec
 from distrib.models.base import RatingModel
 from distrib.models.embeddingnet import EmbeddingNet
 from distrib.models.ensemble import Ensemble
@@ -39,6 +39,10 @@ def _autorec(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, ra
     return IAutoRec(n_users, n_items, cfg.autorec.hidden, cfg.autorec.l2, rating_min, rating_max)
 
 
+def _uautorec(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, rating_max: float) -> RatingModel:
+    return UAutoRec(n_users, n_items, cfg.uautorec.hidden, cfg.uautorec.l2, rating_min, rating_max)
+
+
 def _kernelnet(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, rating_max: float) -> RatingModel:
     k = cfg.kernelnet
     return KernelNet(n_users, n_items, k.hidden, k.layers, k.kernel_dim, k.l2, k.sparsity, rating_min, rating_max)
@@ -52,8 +56,8 @@ def _ensemble(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, r
 
 
 MODELS: dict[str, Callable[..., RatingModel]] = {
-    "embeddingnet": _embeddingnet, "mf": _mf, "autorec": _autorec, "kernelnet": _kernelnet,
-    "ensemble": _ensemble,
+    "embeddingnet": _embeddingnet, "mf": _mf, "autorec": _autorec, "uautorec": _uautorec,
+    "kernelnet": _kernelnet, "ensemble": _ensemble,
 }
 
 
@@ -62,5 +66,5 @@ def build_model(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float,
     return MODELS[cfg.name](cfg, n_users, n_items, rating_min, rating_max)
 
 
-__all__ = ["MODELS", "BiasedMF", "EmbeddingNet", "Ensemble", "IAutoRec", "KernelNet", "RatingModel", "build_model",
-           "build_penalty"]
+__all__ = ["MODELS", "BiasedMF", "EmbeddingNet", "Ensemble", "IAutoRec", "KernelNet", "RatingModel", "UAutoRec",
+           "build_model",           "build_penalty"]

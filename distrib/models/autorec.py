@@ -64,24 +64,47 @@ class ItemColumns(RatingModel):
 
 class IAutoRec(ItemColumns):
     owns_penalty = True
+    by_user = False  # I-AutoRec encodes movies' columns; U-AutoRec (below) users' rows
 
     def __init__(self, n_users: int, n_items: int, n_hidden: int, l2: float, rating_min: float, rating_max: float):
-        super().__init__(n_users, n_items, "autorec", rating_min, rating_max)
-        self.encoder = nn.Linear(n_users, n_hidden)
-        self.decoder = nn.Linear(n_hidden, n_users)
+        super().__init__(n_users, n_items, "uautorec" if self.by_user else "autorec", rating_min, rating_max)
+        n_in = n_items if self.by_user else n_users
+        self.encoder = nn.Linear(n_in, n_hidden)
+        self.decoder = nn.Linear(n_hidden, n_in)
         self.l2 = float(l2)
 
+    def inputs(self, ids: torch.Tensor | None) -> torch.Tensor:
+        """The encoded vectors: movies' training columns (I-AutoRec) or users' rows (U-AutoRec)."""
+        dtype = self.encoder.weight.dtype
+        if not self.by_user:
+            return self.columns(ids, dtype)
+        return (self.ratings if ids is None else self.ratings[:, ids]).T.to(dtype)
+
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        distinct, row = torch.unique(items, return_inverse=True)
-        decoded = self.decoder(torch.sigmoid(self.encoder(self.columns(distinct, self.encoder.weight.dtype))))
-        pred = decoded[row, users].float()
+        encoded, read = (users, items) if self.by_user else (items, users)
+        distinct, row = torch.unique(encoded, return_inverse=True)
+        decoded = self.decoder(torch.sigmoid(self.encoder(self.inputs(distinct))))
+        pred = decoded[row, read].float()
         return pred if self.training else pred.clamp(self.rating_min, self.rating_max)
 
     @torch.no_grad()
     def item_vectors(self) -> torch.Tensor:
         """Each movie's code (its hidden units), the model's item embedding for plots and reports."""
-        return torch.sigmoid(self.encoder(self.columns(None, self.encoder.weight.dtype)))
+        return torch.sigmoid(self.encoder(self.inputs(None)))
 
     def penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         weights = self.encoder.weight.pow(2).sum() + self.decoder.weight.pow(2).sum()
         return (0.5 * self.l2 * self.share(users)) * weights
+
+
+class UAutoRec(IAutoRec):
+    """U-AutoRec (the same paper's user-based variant), `model.name=uautorec`: each user's row of training
+    ratings (one per movie) is encoded and decoded back to one rating per movie; a different view of the same
+    matrix from I-AutoRec's, for an ensemble. Its regularisation and buffer are I-AutoRec's."""
+
+    by_user = True
+
+    @torch.no_grad()
+    def item_vectors(self) -> torch.Tensor:
+        """Each movie's decoder weights: the vector its predicted rating reads off a user's code."""
+        return self.decoder.weight.detach().clone()
