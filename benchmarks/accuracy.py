@@ -41,14 +41,16 @@ DATASETS = {  # name -> (split label, {method: (distrib config, extra overrides)
         "distrib EmbeddingNet (tuned, ml-100k-embeddingnet.yaml)": ("configs/ml-100k-embeddingnet.yaml", []),
         "distrib biased MF": ("configs/ml-100k.yaml", ["model.name=mf", "train.lr=3e-3", "train.refit=false"]),
         "distrib I-AutoRec": ("configs/ml-100k.yaml", ["model.name=autorec", "train.lr=1e-3", "train.refit=false"]),
-        "distrib I-AutoRec + MF, plain mean (no refit)": ("configs/ml-100k.yaml",
-                                                          ["model.blend=mean", "train.refit=false"]),
-        "distrib I-AutoRec + MF, plain mean": ("configs/ml-100k.yaml", ["model.blend=mean"]),
+        "distrib I-AutoRec + MF, plain mean (no refit)": ("configs/ml-100k.yaml", [
+            "model.members=[autorec,mf]", "model.blend=mean", "train.refit=false"]),
+        "distrib I-AutoRec + MF, plain mean": ("configs/ml-100k.yaml", [
+            "model.members=[autorec,mf]", "model.blend=mean"]),
         "distrib kernelNet / Sparse FC": ("configs/ml-100k.yaml", ["model.name=kernelnet", "train.refit=false"]),
-        "distrib I-AutoRec + MF, stacked (no refit)": ("configs/ml-100k.yaml", ["train.refit=false"]),
-        "distrib I-AutoRec + MF, stacked (ml-100k.yaml)": ("configs/ml-100k.yaml", []),
-        "distrib I-AutoRec + MF + kernelNet, stacked": ("configs/ml-100k.yaml", [
-            "model.members=[autorec,mf,kernelnet]", "model.blend=validation"]),
+        "distrib I-AutoRec + MF, stacked": ("configs/ml-100k.yaml", ["model.members=[autorec,mf]"]),
+        "distrib I-AutoRec + MF + kernelNet, stacked (no refit)": ("configs/ml-100k.yaml", ["train.refit=false"]),
+        "distrib I-AutoRec + MF + kernelNet, stacked (ml-100k.yaml)": ("configs/ml-100k.yaml", []),
+        "distrib I-AutoRec + MF + kernelNet + U-AutoRec, stacked": ("configs/ml-100k.yaml", [
+            "model.members=[autorec,mf,kernelnet,uautorec]", "model.uautorec.l2=200"]),
         "distrib EmbeddingNet + implicit (tuned, no refit)": ("configs/ml-100k-embeddingnet-plus.yaml",
                                                               ["model.dot=false", "train.refit=false"]),
         "distrib EmbeddingNet + implicit + dot (no refit)": ("configs/ml-100k-embeddingnet-plus.yaml",

@@ -129,8 +129,8 @@ class ModelConfig(Section):
     kernelnet: KernelNetConfig = section(KernelNetConfig, "kernelNet (Sparse FC)")
     members: list[MemberName] = option([], "name=ensemble: its models, each fit on its own error; it predicts "
                                            "their weighted mean")
-    member_weights: list[float] = option([], "name=ensemble: one weight per member; empty: equal weights",
-                                         gt=0.0)
+    member_weights: list[float] = option([], "name=ensemble: one weight per member (0 leaves a member out of the "
+                                             "prediction); empty: equal weights", ge=0.0)
     blend: Literal["mean", "validation"] = option("mean", "name=ensemble: member_weights, or weights fitted on "
                                                           "validation (stacking)")
 
@@ -145,6 +145,8 @@ class ModelConfig(Section):
                     "model.members: embeddingnet and mf both read model.n_factors; ensemble one of them")
             require(not self.member_weights or len(self.member_weights) == len(self.members),
                     "model.member_weights: one weight per member (or none for equal weights)")
+            require(not self.member_weights or sum(self.member_weights) > 0,
+                    "model.member_weights: at least one weight must be > 0")
             require(self.blend == "mean" or not self.member_weights,
                     "model.member_weights: model.blend=validation fits them; leave member_weights empty")
 

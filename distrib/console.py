@@ -72,7 +72,7 @@ def _figures(summary: dict, keys) -> str:
 
 
 FINAL_KEYS = ("test_rmse", "test_mae", "best_val_rmse", "best_epoch", "epochs_run", "stopped_early", "steps")
-SELECTION_KEYS = ("best_val_rmse", "best_epoch", "test_rmse")
+SELECTION_KEYS = ("best_val_rmse", "best_epoch", "epochs_run")
 
 
 def closing_line(summary: dict, run_dir) -> str:
@@ -86,7 +86,7 @@ def closing_line(summary: dict, run_dir) -> str:
 
 def refit_summary(first: dict, refit: dict) -> dict:
     """run.dir/summary.json with train.refit: the final (refit) model's figures at the top, with where its
-    checkpoints are, and the first phase's (validation, the chosen epoch count, its own test figures) beside
-    them. The refit has no validation part, so it carries no best_val_rmse or best_epoch of its own."""
+    checkpoints are, and the first phase's (validation, the chosen epoch count; it never reads the test part)
+    beside them. The refit has no validation part, so it carries no best_val_rmse or best_epoch of its own."""
     final = {key: value for key, value in refit.items() if key not in ("best_val_rmse", "best_epoch")}
     return final | {"final_model": "refit", "phase1": first}

@@ -328,7 +328,8 @@ class Trainer:
         }
         if self.cfg.model.name == "ensemble" and self.cfg.model.blend == "validation" and len(self.val_split):
             summary.update(self._stack(best_model))
-        if self.data.test is not None and len(self.data.test):
+        # With train.refit this phase only chooses the epoch count: the refit model alone reads the test part.
+        if self.data.test is not None and len(self.data.test) and not self.cfg.train.refit:
             test = self.evaluate(to_device(self.data.test, self.device), best_model)
             summary.update(test_rmse=test["rmse"], test_mae=test["mae"])
         if self.env.is_main:

@@ -66,3 +66,9 @@ def test_the_refit_keeps_the_fitted_weights_and_blend_needs_no_weights_of_its_ow
     with pytest.raises(UserError, match="member_weights"):
         load_config(None, ["model.name=ensemble", "model.members=[autorec,mf]", "model.blend=validation",
                            "model.member_weights=[1,2]"])
+    # a member the fit leaves out (weight 0: an undertrained kernelNet after a few epochs) stays out in the refit
+    zero = refit_config(cfg, 7, [0.0, 1.0])
+    assert zero.model.member_weights == [0.0, 1.0]
+    assert load_config(None, ["model.name=ensemble", "model.members=[autorec,mf]", "model.member_weights=[0,1]"])
+    with pytest.raises(UserError, match="model.member_weights: at least one weight must be > 0"):
+        load_config(None, ["model.name=ensemble", "model.members=[autorec,mf]", "model.member_weights=[0,0]"])
