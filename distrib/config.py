@@ -113,7 +113,7 @@ class KernelNetConfig(Section):
 class ModelConfig(Section):
     KEY: ClassVar[str] = "model"
     name: Literal["embeddingnet", "mf", "autorec", "uautorec", "kernelnet", "ensemble"] = option(
-        "embeddingnet", "the article's MLP, biased MF, I-AutoRec, U-AutoRec, kernelNet, or an ensemble of them")
+        "embeddingnet", "the article's MLP, biased MF, I-/U-AutoRec, kernelNet, or an ensemble of them")
     n_factors: int = option(50, "embedding size (embeddingnet, mf)", ge=1)
     hidden: list[int] = option([100, 100], "hidden layer sizes (embeddingnet)", ge=1)
     dropouts: list[float] = option([0.2, 0.2], "dropout after each hidden layer (fewer rates: the last layers "
@@ -163,8 +163,8 @@ class TrainConfig(Section):
     lr_scaling: Literal["linear", "sqrt", "none"] = option("sqrt", "how lr scales with batch_size / "
                                                                    "ref_batch_size")
     warmup_steps: int = option(0, "linear warmup steps (cosine_restarts only)", ge=0)
-    warmup_epochs: float = option(2.0, "cosine_restarts: linear warmup over this many epochs' steps, only when "
-                                       "batch_size > ref_batch_size (docs/batch_scaling.md)", ge=0.0)
+    warmup_epochs: float = option(2.0, "cosine_restarts: linear warmup over this many epochs, only when "
+                                       "batch_size > ref_batch_size", ge=0.0)
     schedule: Literal["cosine_restarts", "one_cycle"] = option(
         "cosine_restarts", "the article's cosine restarts, or fastai's one-cycle over "
                            "train.epochs")
@@ -173,8 +173,8 @@ class TrainConfig(Section):
     cycle_epochs: float = option(2.0, "cosine restarts every this many epochs", gt=0.0)
     eta_min_ratio: float = option(0.1, "the cosine floor, as a fraction of the peak lr", ge=0.0, le=1.0)
     optimizer: Literal["adam", "adamw", "lamb"] = option(
-        "adam", "adam: decay as L2 (the article's); adamw: decoupled decay; lamb: adamw's step scaled per tensor "
-                "to lr * ||w|| (layer-wise trust ratio, for large batches; its lr is not adam's)")
+        "adam", "adam: decay as L2 (the article's); adamw: decoupled decay; lamb: adamw with a per-tensor trust "
+                "ratio (large batches; its own lr)")
     betas: list[float] = option([0.9, 0.999], "Adam's beta1, beta2", ge=0.0, lt=1.0)
     weight_decay: float = option(1e-5, "the optimizer's weight decay", ge=0.0)
     seed: int = option(0, "initial weights, shuffling, dropout masks", ge=0, le=SEED_MAX)
@@ -216,11 +216,10 @@ class DistConfig(Section):
                                                        changeable=True)
     embedding_sharding: Literal["none", "row_wise", "table_wise", "auto"] = option(
         "none", "none: whole tables on every rank (DDP); row_wise, table_wise, auto (TorchRec's planner): tables "
-                "sharded across ranks with TorchRec, the rest in DDP (docs/sharding.md; needs the [torchrec] extra)")
+                "sharded with TorchRec, the rest in DDP (docs/sharding.md)")
     embedding_update: Literal["touched_rows", "dense"] = option(
         "touched_rows", "sharded tables: touched_rows: Adam updates only the rows a step looked up (lazy Adam, as "
-                        "FBGEMM's fused optimizers; cost follows the batch); dense: every row every step, exactly "
-                        "replicated mode's update (cost follows the catalog)", changeable=True)
+                        "FBGEMM's fused optimizers); dense: every row, as replicated mode", changeable=True)
 
 
 @dataclass
