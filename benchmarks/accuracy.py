@@ -60,9 +60,12 @@ DATASETS = {  # name -> (split label, {method: (distrib config, extra overrides)
     }),
     "ml-latest-small": ("random 80/20", {
         "distrib EmbeddingNet (article)": ("configs/ml-100k-article.yaml", []),  # the model; data overridden
-        "distrib I-AutoRec + MF (no refit)": ("configs/ml-latest-small.yaml", ["train.refit=false"]),
-        "distrib I-AutoRec + MF (ml-latest-small.yaml)": ("configs/ml-latest-small.yaml", []),
-        "distrib I-AutoRec + MF, stacked": ("configs/ml-latest-small.yaml", ["model.blend=validation"]),
+        "distrib I-AutoRec + MF (no refit)": ("configs/ml-latest-small.yaml", [
+            "model.members=[autorec,mf]", "model.blend=mean", "train.refit=false"]),
+        "distrib I-AutoRec + MF": ("configs/ml-latest-small.yaml", ["model.members=[autorec,mf]", "model.blend=mean"]),
+        "distrib I-AutoRec + MF + kernelNet, stacked (no refit)": ("configs/ml-latest-small.yaml",
+                                                                   ["train.refit=false"]),
+        "distrib I-AutoRec + MF + kernelNet, stacked (ml-latest-small.yaml)": ("configs/ml-latest-small.yaml", []),
     }),
 }
 SURPRISE_METHODS = ("Surprise SVD", "Surprise SVD++")
