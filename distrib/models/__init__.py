@@ -2,10 +2,10 @@
 
     model = build_model(cfg.model, n_users, n_items, rating_min, rating_max)
 
-embeddingnet (the article's, the default), mf (biased matrix factorisation), autorec (I-AutoRec), uautorec (U-AutoRec), kernelnet
-(Sparse FC, GLocal-K's local part) and ensemble (members trained side by side, predictions blended). Every
-model is a `RatingModel`: the trainer asks it what it needs (`needs_train_ratings`, `owns_penalty`,
-`embedding_tables()`), never its class.
+embeddingnet (the article's, the default), mf (biased matrix factorisation), autorec (I-AutoRec), uautorec
+(U-AutoRec), kernelnet (Sparse FC, GLocal-K's local part) and ensemble (members trained side by side,
+predictions blended). Every model is a `RatingModel`: the trainer asks it what it needs
+(`needs_train_ratings`, `owns_penalty`, `embedding_tables()`), never its class.
 """
 from __future__ import annotations
 

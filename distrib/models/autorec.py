@@ -1,5 +1,6 @@
 """I-AutoRec (Sedhain et al., WWW 2015), `model.name=autorec`: each movie's column of training ratings is
-encoded into `model.autorec.hidden` sigmoid units and decoded back to one rating per user.
+encoded into `model.autorec.hidden` sigmoid units and decoded back to one rating per user. U-AutoRec (the same
+paper's user-based variant, `model.name=uautorec`, at the end) encodes each user's row instead.
 
     prediction(u, i) = (W sigmoid(V r_i + b) + c)[u],   r_i = item i's training ratings (0 where unrated)
 
