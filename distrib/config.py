@@ -122,6 +122,8 @@ class ModelConfig(Section):
     bias: bool = option(False, "user and movie bias terms added to the output")
     implicit: bool = option(False, "embeddingnet: + SVD++'s implicit term on the user's vector")
     dot: bool = option(False, "embeddingnet: + the user-movie dot product on the output (NeuMF)")
+    hide_target: bool = option(False, "autorec, uautorec, kernelnet: train on each rating with its own value "
+                                      "out of the input")
     factor_reg: float = option(0.0, "per-rating L2 on each batch's user and movie embeddings", ge=0.0)
     bias_reg: float = option(0.0, "per-rating L2 on each batch's bias terms", ge=0.0)
     autorec: AutoRecConfig = section(AutoRecConfig, "I-AutoRec (model.name=autorec or an ensemble member)")

@@ -147,6 +147,35 @@ def test_uautorec_encodes_each_users_row_and_predicts_from_it_alone():
         pytest.approx(full.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("overrides", [["model.name=autorec", "model.autorec.hidden=6"],
+                                       ["model.name=uautorec", "model.uautorec.hidden=6"],
+                                       ["model.name=kernelnet", "model.kernelnet.hidden=6", "model.kernelnet.kernel_dim=2"]],
+                         ids=["autorec", "uautorec", "kernelnet"])
+def test_hide_target_trains_each_rating_as_if_it_were_held_out(overrides):
+    """model.hide_target: a training rating's prediction is the one the model makes for it in eval mode with that
+    rating taken out of the input matrix; without the option the rating's own value is in its input."""
+    cfg = load_config(None, [*overrides, "model.hide_target=true"]).model
+    model = build_model(cfg, N_USERS, N_ITEMS, -100.0, 100.0)  # a range wide enough that eval never clamps
+    train = toy_train()
+    model.attach_train(train)
+    users, items = torch.as_tensor(train.users), torch.as_tensor(train.items)
+    model.train()
+    hidden = model(users, items)
+    hidden.sum().backward()  # it trains: every weight matrix gets a gradient
+    assert all(p.grad is not None for name, p in model.named_parameters() if "weight" in name)
+    model.hide_target = False
+    shown = model(users, items).detach()
+    model.eval()
+    for j in range(len(users)):
+        with torch.no_grad():
+            own = model.ratings[items[j], users[j]].clone()
+            model.ratings[items[j], users[j]] = 0.0
+            held_out = model(users[j:j + 1], items[j:j + 1])
+            model.ratings[items[j], users[j]] = own
+        assert hidden[j].item() == pytest.approx(held_out.item(), abs=1e-5)
+    assert (hidden.detach() - shown).abs().max() > 1e-4
+
+
 def test_autorec_refuses_a_matrix_too_large_to_keep_dense():
     cfg = load_config(None, ["model.name=autorec"]).model
     with pytest.raises(UserError, match="dense"):
@@ -173,8 +202,8 @@ def test_ensemble_trains_each_member_on_its_own_and_predicts_their_weighted_mean
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_args", [ENSEMBLE, ["model.name=autorec", "model.autorec.hidden=16"],
-                                        ["model.name=kernelnet", "model.kernelnet.hidden=16"],
-                                        ["model.name=uautorec", "model.uautorec.hidden=16"],
+                                        ["model.name=kernelnet", "model.kernelnet.hidden=16", "model.hide_target=true"],
+                                        ["model.name=uautorec", "model.uautorec.hidden=16", "model.hide_target=true"],
                                         ["model.implicit=true", "model.dot=true", "model.dropouts=[0]",
                                          "model.embedding_dropout=0"]],
                          ids=["ensemble", "autorec", "kernelnet", "uautorec", "embeddingnet-implicit-dot"])

@@ -36,16 +36,18 @@ def _mf(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, rating_
 
 
 def _autorec(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, rating_max: float) -> RatingModel:
-    return IAutoRec(n_users, n_items, cfg.autorec.hidden, cfg.autorec.l2, rating_min, rating_max)
+    return IAutoRec(n_users, n_items, cfg.autorec.hidden, cfg.autorec.l2, rating_min, rating_max, cfg.hide_target)
 
 
 def _uautorec(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, rating_max: float) -> RatingModel:
-    return UAutoRec(n_users, n_items, cfg.uautorec.hidden, cfg.uautorec.l2, rating_min, rating_max)
+    return UAutoRec(n_users, n_items, cfg.uautorec.hidden, cfg.uautorec.l2, rating_min, rating_max,
+                    cfg.hide_target)
 
 
 def _kernelnet(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, rating_max: float) -> RatingModel:
     k = cfg.kernelnet
-    return KernelNet(n_users, n_items, k.hidden, k.layers, k.kernel_dim, k.l2, k.sparsity, rating_min, rating_max)
+    return KernelNet(n_users, n_items, k.hidden, k.layers, k.kernel_dim, k.l2, k.sparsity, rating_min, rating_max,
+                     cfg.hide_target)
 
 
 def _ensemble(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, rating_max: float) -> RatingModel:
@@ -67,4 +69,4 @@ def build_model(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float,
 
 
 __all__ = ["MODELS", "BiasedMF", "EmbeddingNet", "Ensemble", "IAutoRec", "KernelNet", "RatingModel", "UAutoRec",
-           "build_model",           "build_penalty"]
+           "build_model", "build_penalty"]

@@ -12,6 +12,11 @@ objective (squared error over the observed ratings only). The buffer is saved wi
 checkpoint predicts on its own (evaluate, recommend) without the data. Only validation and test ratings
 are ever predicted from training ratings: their own values never enter the input.
 
+`model.hide_target` trains the same way: each sampled rating is predicted from its column with its own value
+taken out, instead of reconstructed from a column that holds it (which lets the network learn to copy it).
+The first layer is linear, so that is the column's pre-activation minus the rating times its input weights,
+and only the sampled outputs are decoded (a dot product each): no extra matrix product.
+
 The L2 term of the objective, lambda/2 (|V|^2 + |W|^2) per pass over the training ratings, is spread over
 the batches by `penalty`: each batch adds its share (batch ratings / training ratings), which sums to
 one lambda/2 (...) per epoch whatever the batch size or world size. lambda is `model.autorec.l2`.
@@ -33,8 +38,10 @@ class ItemColumns(RatingModel):
 
     needs_train_ratings = True
 
-    def __init__(self, n_users: int, n_items: int, name: str, rating_min: float, rating_max: float):
+    def __init__(self, n_users: int, n_items: int, name: str, rating_min: float, rating_max: float,
+                 hide_target: bool = False):
         super().__init__()
+        self.hide_target = hide_target  # training: each rating predicted with its own value out of the input
         if n_users * n_items > MAX_DENSE_ENTRIES:
             raise UserError(f"model.name={name} keeps the {n_items} x {n_users} rating matrix dense; that is over "
                             f"{MAX_DENSE_ENTRIES:,} entries: use model.name=mf or embeddingnet for this dataset")
@@ -58,6 +65,10 @@ class ItemColumns(RatingModel):
         """The movies' training rating columns (all movies for None), in the layers' dtype."""
         return (self.ratings if items is None else self.ratings[items]).to(dtype)
 
+    def own_ratings(self, users: torch.Tensor, items: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The training ratings of (user, item) pairs, each one's own entry in the input."""
+        return self.ratings[items, users].to(dtype)
+
     def share(self, users: torch.Tensor) -> float:
         """This batch's share of one pass over the training ratings (the L2 terms are per pass)."""
         return users.numel() / (self._n_train or max(int(self.n_train), 1))
@@ -67,8 +78,10 @@ class IAutoRec(ItemColumns):
     owns_penalty = True
     by_user = False  # I-AutoRec encodes movies' columns; U-AutoRec (below) users' rows
 
-    def __init__(self, n_users: int, n_items: int, n_hidden: int, l2: float, rating_min: float, rating_max: float):
-        super().__init__(n_users, n_items, "uautorec" if self.by_user else "autorec", rating_min, rating_max)
+    def __init__(self, n_users: int, n_items: int, n_hidden: int, l2: float, rating_min: float, rating_max: float,
+                 hide_target: bool = False):
+        super().__init__(n_users, n_items, "uautorec" if self.by_user else "autorec", rating_min, rating_max,
+                         hide_target)
         n_in = n_items if self.by_user else n_users
         self.encoder = nn.Linear(n_in, n_hidden)
         self.decoder = nn.Linear(n_hidden, n_in)
@@ -84,8 +97,12 @@ class IAutoRec(ItemColumns):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         encoded, read = (users, items) if self.by_user else (items, users)
         distinct, row = torch.unique(encoded, return_inverse=True)
-        decoded = self.decoder(torch.sigmoid(self.encoder(self.inputs(distinct))))
-        pred = decoded[row, read].float()
+        codes = self.encoder(self.inputs(distinct))
+        if self.training and self.hide_target:
+            own = self.own_ratings(users, items, codes.dtype)
+            hidden = torch.sigmoid(codes[row] - own[:, None] * self.encoder.weight.T[read])
+            return ((hidden * self.decoder.weight[read]).sum(1) + self.decoder.bias[read]).float()
+        pred = self.decoder(torch.sigmoid(codes))[row, read].float()
         return pred if self.training else pred.clamp(self.rating_min, self.rating_max)
 
     @torch.no_grad()

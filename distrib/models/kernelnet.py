@@ -9,7 +9,8 @@ network learns its own sparse connectivity. `model.kernelnet.layers` sigmoid lay
 identity layer back to one rating per user. Regularisation per pass over the training ratings, spread over
 the batches as I-AutoRec's: lambda_2/2 |W|^2 (`l2`) + lambda_s/2 |K|^2 (`sparsity`), every layer.
 
-The input (each movie's column of training ratings) is kept and read as I-AutoRec does (`ItemColumns`).
+The input (each movie's column of training ratings) is kept and read as I-AutoRec does (`ItemColumns`), and
+`model.hide_target` takes each trained rating out of its own input as there.
 """
 from __future__ import annotations
 
@@ -47,8 +48,8 @@ class KernelNet(ItemColumns):
     owns_penalty = True
 
     def __init__(self, n_users: int, n_items: int, hidden: int, layers: int, kernel_dim: int, l2: float,
-                 sparsity: float, rating_min: float, rating_max: float):
-        super().__init__(n_users, n_items, "kernelnet", rating_min, rating_max)
+                 sparsity: float, rating_min: float, rating_max: float, hide_target: bool = False):
+        super().__init__(n_users, n_items, "kernelnet", rating_min, rating_max, hide_target)
         sizes = [n_users] + [hidden] * layers + [n_users]
         self.layers = nn.ModuleList(KernelLayer(a, b, kernel_dim) for a, b in zip(sizes[:-1], sizes[1:]))
         self.l2, self.sparsity = float(l2), float(sparsity)
@@ -66,9 +67,26 @@ class KernelNet(ItemColumns):
                 x = torch.sigmoid(x)
         return x
 
+    def _predict_hidden_target(self, columns: torch.Tensor, row: torch.Tensor, users: torch.Tensor,
+                               own: torch.Tensor) -> torch.Tensor:
+        """Rating j predicted from column row[j] with its own value `own[j]` taken out of the first layer's
+        sum (model.hide_target), decoding only its output, users[j]: one value per rating."""
+        kernels = [layer.kernel() for layer in self.layers]
+        self._kernels = kernels
+        weights = [layer.weight * kernel for layer, kernel in zip(self.layers, kernels)]
+        first, last = self.layers[0], self.layers[-1]
+        x = torch.sigmoid(torch.addmm(first.bias, columns, weights[0])[row] - own[:, None] * weights[0][users])
+        for layer, weight in zip(self.layers[1:-1], weights[1:-1]):
+            x = torch.sigmoid(torch.addmm(layer.bias, x, weight))
+        return (x * weights[-1].T[users]).sum(1) + last.bias[users]
+
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         distinct, row = torch.unique(items, return_inverse=True)
-        decoded = self._decode(self.columns(distinct, self.layers[0].weight.dtype))
+        dtype = self.layers[0].weight.dtype
+        if self.training and self.hide_target:
+            own = self.own_ratings(users, items, dtype)
+            return self._predict_hidden_target(self.columns(distinct, dtype), row, users, own).float()
+        decoded = self._decode(self.columns(distinct, dtype))
         pred = decoded[row, users].float()
         return pred if self.training else pred.clamp(self.rating_min, self.rating_max)
 
