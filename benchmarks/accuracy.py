@@ -1,7 +1,7 @@
 """Accuracy side by side: distrib's shipped configurations and classic peers on the same splits.
 
     python -m benchmarks.accuracy [--data-root DIR] [--seeds 3] [--datasets ml-100k,ml-latest-small]
-                                  [--methods ...] [--out results.json]
+                                  [--methods "NAME" ...] [--out results.json]
 
 For each dataset and seed s (0, 1, ...), every method sees the same prepared split: `train.seed=s`,
 `data.split_seed=s+1` (the validation carve, and for ml-latest-small the 80/20 test split too; ml-100k u1's
@@ -34,8 +34,9 @@ from distrib.ranking import KnownItems, ranking_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
-# ml-100k.yaml's autoencoders before model.hide_target: the rows measured with them keep them
-PLAIN_INPUT = ["model.hide_target=false", "model.autorec.l2=200"]
+# The shipped configs' autoencoders before model.hide_target (with their lambda then): the rows measured so keep them
+PLAIN_INPUT = ["model.hide_target=false", "model.autorec.l2=200"]  # ml-100k.yaml
+PLAIN_INPUT_SMALL = ["model.hide_target=false", "model.autorec.l2=100"]  # ml-latest-small.yaml
 
 DATASETS = {  # name -> (split label, {method: (distrib config, extra overrides)})
     "ml-100k": ("u1", {
@@ -68,11 +69,14 @@ DATASETS = {  # name -> (split label, {method: (distrib config, extra overrides)
     "ml-latest-small": ("random 80/20", {
         "distrib EmbeddingNet (article)": ("configs/ml-100k-article.yaml", []),  # the model; data overridden
         "distrib I-AutoRec + MF (no refit)": ("configs/ml-latest-small.yaml", [
-            "model.members=[autorec,mf]", "model.blend=mean", "train.refit=false"]),
-        "distrib I-AutoRec + MF": ("configs/ml-latest-small.yaml", ["model.members=[autorec,mf]", "model.blend=mean"]),
-        "distrib I-AutoRec + MF + kernelNet, stacked (no refit)": ("configs/ml-latest-small.yaml",
-                                                                   ["train.refit=false"]),
-        "distrib I-AutoRec + MF + kernelNet, stacked (ml-latest-small.yaml)": ("configs/ml-latest-small.yaml", []),
+            "model.members=[autorec,mf]", "model.blend=mean", "train.refit=false", *PLAIN_INPUT_SMALL]),
+        "distrib I-AutoRec + MF": ("configs/ml-latest-small.yaml", [
+            "model.members=[autorec,mf]", "model.blend=mean", *PLAIN_INPUT_SMALL]),
+        "distrib I-AutoRec + MF + kernelNet, stacked": ("configs/ml-latest-small.yaml", PLAIN_INPUT_SMALL),
+        "distrib I-AutoRec + MF + kernelNet, hidden targets, stacked (no refit)": ("configs/ml-latest-small.yaml",
+                                                                                   ["train.refit=false"]),
+        "distrib I-AutoRec + MF + kernelNet, hidden targets, stacked (ml-latest-small.yaml)": (
+            "configs/ml-latest-small.yaml", []),
     }),
 }
 SURPRISE_METHODS = ("Surprise SVD", "Surprise SVD++")
@@ -189,7 +193,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "distrib-accuracy-cache"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--methods", default="", help="comma-separated subset of the method names (default: all)")
+    parser.add_argument("--methods", nargs="+", default=[], metavar="NAME",
+                        help="only these methods, each name quoted whole (they hold commas); default: all")
     parser.add_argument("--out", default="", help="also write the raw per-seed results here (JSON)")
     return parser.parse_args(argv)
 
@@ -197,7 +202,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    wanted = {m.strip() for m in args.methods.split(",") if m.strip()}
+    wanted = set(args.methods)
+    unknown = wanted - {method for dataset in args.datasets.split(",") for method in DATASETS[dataset][1]}
+    unknown -= set(SURPRISE_METHODS)
+    if unknown:
+        print(f"--methods: no such method: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     try:
         import surprise  # noqa: F401
         peers = SURPRISE_METHODS
