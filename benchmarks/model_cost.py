@@ -1,0 +1,98 @@
+"""What each model costs per training step: the shipped ensembles, their members alone, and the ensembles as they
+were before `model.hide_target`, side by side on one dataset.
+
+    python -m benchmarks.model_cost [--config configs/ml-100k.yaml] [--steps 20] [--rounds 5] [--threads 1]
+
+One process on CPU, the config's data and batch (ml-100k u1, batch 2000 by default), distrib's own model,
+penalty and optimizer: each step is the trainer's (forward, summed squared error + penalty, backward, Adam).
+The variants are timed in turns, `--steps` steps each per round, so all of them see the same load of a shared
+host; the figure is the median over rounds of CPU milliseconds per step (a busy host's waits left out), and the
+ratio is to the first row, the two-member ensemble (I-AutoRec + MF) the configs shipped before kernelNet.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.harness import DATA_ROOT, REPO
+from distrib.config import load_config
+from distrib.data import load_dataset
+from distrib.models import build_model, build_penalty
+from distrib.precision import cpu_description
+from distrib.trainer import build_optimizer
+
+VARIANTS = {  # name -> overrides on the config
+    "I-AutoRec + MF (before kernelNet)": ["model.members=[autorec,mf]", "model.hide_target=false"],
+    "I-AutoRec + MF + kernelNet (before hide_target)": ["model.hide_target=false"],
+    "I-AutoRec + MF + kernelNet, hide_target (shipped)": [],
+    "I-AutoRec alone": ["model.name=autorec", "model.hide_target=false"],
+    "I-AutoRec alone, hide_target": ["model.name=autorec"],
+    "kernelNet alone": ["model.name=kernelnet", "model.hide_target=false"],
+    "kernelNet alone, hide_target": ["model.name=kernelnet"],
+    "biased MF alone": ["model.name=mf"],
+}
+
+
+class Stepper:
+    """One variant's model, penalty and optimizer, and a stream of its training batches."""
+
+    def __init__(self, config: str, overrides: list[str], data, seed: int = 0):
+        cfg = load_config(config, [f"data.root={DATA_ROOT}", *overrides])
+        torch.manual_seed(seed)
+        self.model = build_model(cfg.model, data.n_users, data.n_items, data.rating_min, data.rating_max)
+        if self.model.needs_train_ratings:
+            self.model.attach_train(data.train)
+        self.model.train()
+        self.penalty = build_penalty(cfg.model, self.model)
+        self.optimizer = build_optimizer(self.model, cfg, torch.device("cpu"))
+        self.users, self.items, self.ratings = (torch.from_numpy(np.array(a)) for a in
+                                                (data.train.users, data.train.items, data.train.ratings))
+        self.batch = cfg.train.batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def step(self) -> None:
+        idx = torch.randint(len(self.ratings), (self.batch,), generator=self.generator)
+        users, items = self.users[idx], self.items[idx]
+        loss = (self.model(users, items) - self.ratings[idx]).pow(2).sum()
+        if self.penalty is not None:
+            loss = loss + self.penalty(users, items)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "configs/ml-100k.yaml"))
+    parser.add_argument("--steps", type=int, default=20, help="steps per variant per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    data = load_dataset(load_config(args.config, [f"data.root={DATA_ROOT}"]).data)
+    steppers = {name: Stepper(args.config, overrides, data) for name, overrides in VARIANTS.items()}
+    for stepper in steppers.values():  # warm-up: the allocator, Adam's state
+        for _ in range(3):
+            stepper.step()
+    per_step = {name: [] for name in steppers}
+    for _ in range(args.rounds):
+        for name, stepper in steppers.items():
+            started = time.process_time()
+            for _ in range(args.steps):
+                stepper.step()
+            per_step[name].append((time.process_time() - started) / args.steps)
+    print(f"{cpu_description()}, {args.threads} thread(s), torch {torch.__version__}; {data.description}; "
+          f"batch {steppers[next(iter(steppers))].batch}; median of {args.rounds} rounds x {args.steps} steps")
+    print("| model | CPU ms / step | × I-AutoRec + MF |")
+    print("|---|---|---|")
+    reference = float(np.median(next(iter(per_step.values()))))
+    for name, times in per_step.items():
+        median = float(np.median(times))
+        print(f"| {name} | {1000 * median:.1f} | {median / reference:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
