@@ -123,15 +123,16 @@ def print_table(results: list[dict]) -> None:
           f"{'test':>7s} {'d test':>7s} {'ep<=ref+.005':>12s} {'x ref':>6s} {'best ep':>7s} {'run':>4s} "
           f"{'samples/s':>9s} {'wall s':>7s}")
     for r in results:
+        dataset, seed = reference_key(r)
         if "skipped" in r:
-            print(f"{r['dataset']:16s} {r.get('seed', 0):4d} {r['batch']:7d} {r['rule']:22s} skipped: {r['skipped']}")
+            print(f"{dataset:16s} {seed:4d} {r['batch']:7d} {r['rule']:22s} skipped: {r['skipped']}")
             continue
-        base = ref.get(reference_key(r))
+        base = ref.get((dataset, seed))
         reach = epochs_within(r["val_curve"], base["best_val"]) if base else None
         base_reach = epochs_within(base["val_curve"], base["best_val"]) if base else None
         ratio = f"{reach / base_reach:6.2f}" if reach and base_reach else f"{'-':>6s}"
         d_test = r["test"] - base["test"] if base else math.nan
-        print(f"{r['dataset']:16s} {r.get('seed', 0):4d} {r['batch']:7d} {r['rule']:22s} {r['lr']:8.2e} {r['steps_per_epoch']:8d} "
+        print(f"{dataset:16s} {seed:4d} {r['batch']:7d} {r['rule']:22s} {r['lr']:8.2e} {r['steps_per_epoch']:8d} "
               f"{r['best_val']:8.4f} {r['test']:7.4f} {d_test:+7.4f} {reach or '>' + str(r['epochs_run']):>12} "
               f"{ratio} {r['best_epoch']:7d} {r['epochs_run']:4d} {r['samples_per_s']:9.0f} {r['wall_s']:7.0f}")
     print(f"\nep<=ref+.005: first epoch whose validation RMSE is within {WITHIN} of the batch-{REF_BATCH} row's best; "
@@ -180,7 +181,8 @@ def main() -> None:
     results = list(done)
     for dataset, batch, rule in plan(args.datasets, args.batches, args.rules):
         key = {"dataset": dataset, "batch": batch, "rule": rule, "seed": args.seed, "set": args.set}
-        if any(all(r.get(k, 0 if k == "seed" else None) == v for k, v in key.items()) for r in done):
+        if any(reference_key(r) == (dataset, args.seed) and all(r.get(k) == key[k] for k in ("batch", "rule", "set"))
+               for r in done):
             continue
         row = {**key, **train_row(dataset, batch, rule, epoch_cap(results, dataset, batch, args), args.seed,
                                   args.set)}

@@ -217,11 +217,11 @@ class DistConfig(Section):
                                                                "(half the bytes)",
                                                        changeable=True)
     embedding_sharding: Literal["none", "row_wise", "table_wise", "auto"] = option(
-        "none", "none: whole tables on every rank (DDP); row_wise, table_wise, auto (TorchRec's planner): tables "
-                "sharded with TorchRec, the rest in DDP (docs/sharding.md)")
+        "none", "none: whole tables on every rank (DDP); else tables sharded by TorchRec (auto: its planner), "
+                "the rest in DDP (docs/sharding.md)")
     embedding_update: Literal["touched_rows", "dense"] = option(
-        "touched_rows", "sharded tables: touched_rows: Adam updates only the rows a step looked up (lazy Adam, as "
-                        "FBGEMM's fused optimizers); dense: every row, as replicated mode", changeable=True)
+        "touched_rows", "sharded tables: touched_rows: Adam updates only the rows a step looked up (lazy Adam, "
+                        "as FBGEMM's); dense: every row", changeable=True)
 
 
 @dataclass
