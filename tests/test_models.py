@@ -147,10 +147,10 @@ def test_uautorec_encodes_each_users_row_and_predicts_from_it_alone():
         pytest.approx(full.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("overrides", [["model.name=autorec", "model.autorec.hidden=6"],
-                                       ["model.name=uautorec", "model.uautorec.hidden=6"],
-                                       ["model.name=kernelnet", "model.kernelnet.hidden=6", "model.kernelnet.kernel_dim=2"]],
-                         ids=["autorec", "uautorec", "kernelnet"])
+@pytest.mark.parametrize("overrides", [
+    ["model.name=autorec", "model.autorec.hidden=6"], ["model.name=uautorec", "model.uautorec.hidden=6"],
+    ["model.name=kernelnet", "model.kernelnet.hidden=6", "model.kernelnet.kernel_dim=2"]],
+    ids=["autorec", "uautorec", "kernelnet"])
 def test_hide_target_trains_each_rating_as_if_it_were_held_out(overrides):
     """model.hide_target: a training rating's prediction is the one the model makes for it in eval mode with that
     rating taken out of the input matrix; without the option the rating's own value is in its input."""
