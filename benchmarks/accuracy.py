@@ -53,12 +53,16 @@ DATASETS = {  # name -> (split label, {method: (distrib config, extra overrides)
         "distrib kernelNet / Sparse FC": ("configs/ml-100k.yaml", [
             "model.name=kernelnet", "train.refit=false", *PLAIN_INPUT]),
         "distrib I-AutoRec + MF, stacked": ("configs/ml-100k.yaml", ["model.members=[autorec,mf]", *PLAIN_INPUT]),
-        "distrib I-AutoRec + MF + kernelNet, stacked": ("configs/ml-100k.yaml", PLAIN_INPUT),
+        "distrib I-AutoRec + MF + kernelNet, stacked": ("configs/ml-100k.yaml", [
+            "model.members=[autorec,mf,kernelnet]", *PLAIN_INPUT]),
         "distrib I-AutoRec + MF + kernelNet + U-AutoRec, stacked": ("configs/ml-100k.yaml", [
-            "model.members=[autorec,mf,kernelnet,uautorec]", "model.uautorec.l2=200", *PLAIN_INPUT]),
-        "distrib I-AutoRec + MF + kernelNet, hidden targets, stacked (no refit)": ("configs/ml-100k.yaml",
-                                                                                   ["train.refit=false"]),
-        "distrib I-AutoRec + MF + kernelNet, hidden targets, stacked (ml-100k.yaml)": ("configs/ml-100k.yaml", []),
+            "model.uautorec.l2=200", *PLAIN_INPUT]),
+        "distrib I-AutoRec + MF + kernelNet, hidden targets, stacked": ("configs/ml-100k.yaml", [
+            "model.members=[autorec,mf,kernelnet]"]),
+        "distrib I-AutoRec + MF + kernelNet + U-AutoRec, hidden targets, stacked (no refit)": (
+            "configs/ml-100k.yaml", ["train.refit=false"]),
+        "distrib I-AutoRec + MF + kernelNet + U-AutoRec, hidden targets, stacked (ml-100k.yaml)": (
+            "configs/ml-100k.yaml", []),
         "distrib EmbeddingNet + implicit (tuned, no refit)": ("configs/ml-100k-embeddingnet-plus.yaml",
                                                               ["model.dot=false", "train.refit=false"]),
         "distrib EmbeddingNet + implicit + dot (no refit)": ("configs/ml-100k-embeddingnet-plus.yaml",

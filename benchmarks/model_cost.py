@@ -1,5 +1,5 @@
-"""What each model costs per training step: the shipped ensembles, their members alone, and the ensembles as they
-were before `model.hide_target`, side by side on one dataset.
+"""What each model costs per training step: the shipped ensembles, the ones before them and each member alone,
+with and without `model.hide_target`, side by side on one dataset.
 
     python -m benchmarks.model_cost [--config configs/ml-100k.yaml] [--steps 20] [--rounds 5] [--threads 1]
 
@@ -26,12 +26,16 @@ from distrib.trainer import build_optimizer
 
 VARIANTS = {  # name -> overrides on the config
     "I-AutoRec + MF (before kernelNet)": ["model.members=[autorec,mf]", "model.hide_target=false"],
-    "I-AutoRec + MF + kernelNet (before hide_target)": ["model.hide_target=false"],
-    "I-AutoRec + MF + kernelNet, hide_target (shipped)": [],
+    "I-AutoRec + MF + kernelNet (before hide_target)": ["model.members=[autorec,mf,kernelnet]",
+                                                        "model.hide_target=false"],
+    "I-AutoRec + MF + kernelNet, hide_target (ml-latest-small.yaml)": ["model.members=[autorec,mf,kernelnet]"],
+    "+ U-AutoRec, hide_target (ml-100k.yaml)": ["model.members=[autorec,mf,kernelnet,uautorec]"],
     "I-AutoRec alone": ["model.name=autorec", "model.hide_target=false"],
-    "I-AutoRec alone, hide_target": ["model.name=autorec"],
+    "I-AutoRec alone, hide_target": ["model.name=autorec", "model.hide_target=true"],
+    "U-AutoRec alone": ["model.name=uautorec", "model.hide_target=false"],
+    "U-AutoRec alone, hide_target": ["model.name=uautorec", "model.hide_target=true"],
     "kernelNet alone": ["model.name=kernelnet", "model.hide_target=false"],
-    "kernelNet alone, hide_target": ["model.name=kernelnet"],
+    "kernelNet alone, hide_target": ["model.name=kernelnet", "model.hide_target=true"],
     "biased MF alone": ["model.name=mf"],
 }
 

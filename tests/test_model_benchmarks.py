@@ -18,7 +18,7 @@ def test_each_row_is_a_config_the_job_accepts(dataset, method, config, extra):
     cfg = load_config(str(accuracy.REPO / config), overrides)
     assert (cfg.train.seed, cfg.data.split_seed) == (2, 3)
     if "hidden targets" in method:  # the shipped ensembles
-        assert cfg.model.hide_target and cfg.model.members == ["autorec", "mf", "kernelnet"]
+        assert cfg.model.hide_target and {"autorec", "mf", "kernelnet"} <= set(cfg.model.members)
     elif cfg.model.name in ("autorec", "kernelnet", "ensemble"):  # measured before model.hide_target existed
         assert not cfg.model.hide_target
 
