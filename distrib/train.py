@@ -135,8 +135,6 @@ def finished_summary(trainer, run_dir) -> dict | None:
 def run(cfg: Config, env: DistEnv, device, run_dir) -> tuple[dict, bool]:
     """One training phase in run_dir (opened and locked by the caller): its summary, and whether it had finished
     before. A finished run prints one line and touches nothing."""
-    import torch.distributed as dist
-
     from distrib.data import load_dataset
     from distrib.distributed import host_count
     from distrib.trainer import Trainer
@@ -164,10 +162,6 @@ def run(cfg: Config, env: DistEnv, device, run_dir) -> tuple[dict, bool]:
             from distrib.report import finish_run
 
             finish_run(trainer, tracker, summary)
-        if dist.is_initialized():
-            # Leave together: a rank that tore its group down while rank 0 still drew plots was seen to abort
-            # (SIGABRT in gloo's teardown under load), failing a run that had finished.
-            dist.barrier()
         tracker.close(0)
         return summary, False
     except BaseException:
@@ -221,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(cfg: Config, print_config: bool = False) -> int:
+    import torch.distributed as dist
+
     from distrib.distributed import (close_process_group, describe_lost_peers, failure_reason, init_process_group,
                                      is_peer_failure, record_peers, resolve_env, select_device)
     from distrib.fsutil import NO_SPACE, NoSpace
@@ -241,6 +237,11 @@ def train(cfg: Config, print_config: bool = False) -> int:
         if env.is_main and print_config:
             log.info("config:\n%s", dump_yaml(cfg))
         train_job(cfg, env, device)
+        if dist.is_initialized():
+            # Leave together: a rank that tore its group down while another still worked (rank 0 drawing plots,
+            # or logging that a rerun found the job finished) was seen to abort in gloo's teardown (SIGABRT,
+            # "terminate called without an active exception"), failing a job that had ended well.
+            dist.barrier()
     except RuntimeError as err:
         if env.world_size > 1 and is_peer_failure(err):
             # One line instead of a gloo/NCCL stack: which rank went away, and that this one stops too.
