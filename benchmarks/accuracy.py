@@ -10,7 +10,7 @@ process, early stopping on validation; with `train.refit` the second phase's mod
 on the best checkpoint. Surprise's SVD and
 SVD++ (optional: `pip install -e .[bench]`) use their default hyper-parameters and fit the same training
 rows (the validation part is left out for them too). Every model is scored by the same code: RMSE and MAE
-of predictions clipped to the rating scale, HR@10 and NDCG@10 as `distrib.ranking` defines them.
+of predictions clipped to the rating scale, HR@10 and NDCG@10 as `distrib.metrics.ranking` defines them.
 
 Prints one table: dataset, split, method, test RMSE, MAE, HR@10, NDCG@10 (mean +- std over seeds) and the
 mean training time (distrib: the run's epoch seconds, validation included; Surprise: fit()). Asserts nothing.
@@ -30,7 +30,7 @@ import numpy as np
 
 from distrib.config import load_config
 from distrib.data import load_dataset
-from distrib.ranking import KnownItems, ranking_metrics
+from distrib.metrics.ranking import KnownItems, ranking_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,7 +119,7 @@ def surprise_scores(method: str, data, seed: int) -> tuple[np.ndarray, float]:
 
     Raw ids are distrib's contiguous indices, so rows and columns line up with distrib's splits."""
     import pandas as pd
-    from surprise import SVD, SVDpp, Dataset, Reader
+    from surprise import SVD, Dataset, Reader, SVDpp
 
     train = data.train
     frame = pd.DataFrame({"u": np.asarray(train.users), "i": np.asarray(train.items), "r": np.asarray(train.ratings)})

@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.harness import SINGLE, article_config
+from distrib.checkpoint.rundir import RunDir
 from distrib.data import load_dataset
-from distrib.distributed import select_device
-from distrib.rundir import RunDir
-from distrib.tracking import NullTracker
-from distrib.trainer import Trainer
+from distrib.parallel.distributed import select_device
+from distrib.report.tracking import NullTracker
+from distrib.training.trainer import Trainer
 
 WITHIN = 0.005  # the tolerance on validation RMSE against the batch-2000 row
 REF_BATCH = 2000

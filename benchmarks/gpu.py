@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from benchmarks.harness import REPO, SINGLE, article_config, fmt_rate, time_call, time_epochs, train_flops_per_sample
+from distrib.checkpoint.rundir import RunDir
 from distrib.data import PreparedData, RatingSplit
-from distrib.rundir import RunDir
-from distrib.trainer import Trainer
+from distrib.training.trainer import Trainer
 
 SIZES = {"ml-100k": (943, 1682, 100_000), "ml-25m": (162_541, 59_047, 25_000_095)}
 VARIANTS = {"fp32": ["train.precision=fp32"], "bf16": ["train.precision=bf16"],
@@ -101,7 +101,7 @@ def time_variant(data: PreparedData, overrides: list[str], env=SINGLE, epochs: i
 def ddp_main(args) -> None:
     import torch.distributed as dist
 
-    from distrib.distributed import close_process_group, init_process_group, resolve_env, select_device
+    from distrib.parallel.distributed import close_process_group, init_process_group, resolve_env, select_device
 
     env = resolve_env()
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}", flush=True)

@@ -22,9 +22,9 @@ import torch
 
 from benchmarks.gpu import SIZES, gpu_rates, synthetic
 from benchmarks.harness import SINGLE, article_config, fmt_rate, time_call, time_epochs, train_flops_per_sample
-from distrib.precision import cpu_description, resolve_precision
-from distrib.rundir import RunDir
-from distrib.trainer import Trainer
+from distrib.checkpoint.rundir import RunDir
+from distrib.training.precision import cpu_description, resolve_precision
+from distrib.training.trainer import Trainer
 
 VARIANTS = {"eager": [], "graphed": ["train.cuda_graph=true"]}
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
+from distrib.checkpoint.rundir import RunDir
 from distrib.config import Config, load_config
 from distrib.data import PreparedData, load_dataset
-from distrib.distributed import DistEnv
-from distrib.precision import native_bf16
-from distrib.rundir import RunDir
-from distrib.tracking import NullTracker
-from distrib.trainer import Trainer, to_device
+from distrib.parallel.distributed import DistEnv
+from distrib.report.tracking import NullTracker
+from distrib.training.precision import native_bf16
+from distrib.training.trainer import Trainer, to_device
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,8 +21,8 @@ from benchmarks.harness import DATA_ROOT, REPO
 from distrib.config import load_config
 from distrib.data import load_dataset
 from distrib.models import build_model, build_penalty
-from distrib.precision import cpu_description
-from distrib.trainer import build_optimizer
+from distrib.training.precision import cpu_description
+from distrib.training.trainer import build_optimizer
 
 VARIANTS = {  # name -> overrides on the config
     "I-AutoRec + MF (before kernelNet)": ["model.members=[autorec,mf]", "model.hide_target=false"],

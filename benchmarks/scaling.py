@@ -36,9 +36,9 @@ SETUPS = {  # DDP setups compared (dist.* overrides)
 
 
 def worker(args) -> None:
-    from distrib.distributed import close_process_group, init_process_group, resolve_env
-    from distrib.rundir import RunDir
-    from distrib.trainer import Trainer
+    from distrib.checkpoint.rundir import RunDir
+    from distrib.parallel.distributed import close_process_group, init_process_group, resolve_env
+    from distrib.training.trainer import Trainer
 
     env = resolve_env()
     device = torch.device("cpu")

@@ -79,10 +79,10 @@ def worker(rank: int, world_size: int, port: int, args, out_dir: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    from distrib.distributed import wrap_ddp
     from distrib.models import EmbeddingNet
-    from distrib.sharding import build_sharded, dense_kernels, embedding_bytes
-    from distrib.touched_rows import attach_to_optimizer
+    from distrib.parallel.distributed import wrap_ddp
+    from distrib.parallel.sharding import build_sharded, dense_kernels, embedding_bytes
+    from distrib.parallel.touched_rows import attach_to_optimizer
 
     torch.manual_seed(0)
     model = EmbeddingNet(args.users, args.movies, args.factors, [100, 100], [0.0, 0.0], 0.0, 1, 5)

@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks.harness import article_config, load_article_data, train_flops_per_sample
 from distrib.models import build_model, embeddingnet
 from distrib.models.dropout import relu_dropout
-from distrib.trainer import build_optimizer
+from distrib.training.trainer import build_optimizer
 
 
 def main() -> None:

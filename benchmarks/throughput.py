@@ -20,9 +20,17 @@ import time
 import torch
 
 from benchmarks.article_baseline import train_article
-from benchmarks.harness import (article_config, fmt_rate, load_article_data, matmul_rates, model_matmul_rates,
-                                rmse_str, run_distrib, train_flops_per_sample)
-from distrib.precision import cpu_description, native_bf16, resolve_precision
+from benchmarks.harness import (
+    article_config,
+    fmt_rate,
+    load_article_data,
+    matmul_rates,
+    model_matmul_rates,
+    rmse_str,
+    run_distrib,
+    train_flops_per_sample,
+)
+from distrib.training.precision import cpu_description, native_bf16, resolve_precision
 
 VARIANTS = {
     "auto": ["train.precision=auto"],  # bf16 where the CPU has it natively, else fp32

@@ -23,8 +23,18 @@ from typing import ClassVar, Literal
 import yaml
 
 from distrib.errors import UserError, exit_on_user_error
-from distrib.options import (Section, build_section, help_text, iter_keys, key_text, markdown_table, option, require,
-                             section, show)
+from distrib.options import (
+    Section,
+    build_section,
+    help_text,
+    iter_keys,
+    key_text,
+    markdown_table,
+    option,
+    require,
+    section,
+    show,
+)
 
 SEED_MAX = 2**32 - 1  # numpy and torch both take seeds in [0, 2**32)
 DatasetName = Literal["synthetic", "ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-32m", "ml-latest",

@@ -1,5 +1,5 @@
 """Evaluate a finished run's checkpoint on a split: RMSE and MAE of the predicted ratings, and the top-10
-ranking metrics HR@10 and NDCG@10 (defined in `distrib.ranking`: each held-out rating >= 4 ranked
+ranking metrics HR@10 and NDCG@10 (defined in `distrib.metrics.ranking`: each held-out rating >= 4 ranked
 against every movie the user has no known rating for).
 
     python -m distrib.evaluate RUN_DIR [--split val|test] [--checkpoint best|last] [--max-users N] [--json]
@@ -15,18 +15,66 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from distrib.errors import UserError, exit_on_user_error
 
 # numpy, torch and the modules that need them are imported inside the functions: `--help` and a mistyped
 # command line answer at once instead of after torch's import (seconds on a loaded machine).
-TOP_K = 10  # distrib.ranking's defaults, repeated here so that the command line needs no numpy
+TOP_K = 10  # distrib.metrics.ranking's defaults, repeated here so that the command line needs no numpy
 RELEVANT_RATING = 4.0
 
 PREDICT_BATCH = 65536  # (user, movie) pairs per forward pass
 MAX_RANKING_USERS = 10000
 SAMPLE_SEED = 0
+
+
+@dataclass
+class LoadedRun:
+    """A finished run, ready to score: its resolved config, its data and its model with a checkpoint's weights."""
+    cfg: object  # distrib.config.Config
+    model: object  # torch.nn.Module, in eval mode
+    data: object  # distrib.data.PreparedData
+    checkpoint: Path
+    device: object  # torch.device
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", device="cpu") -> LoadedRun:
+    """The resolved config, the dataset it names, and the model with the checkpoint's weights."""
+    import torch
+
+    from distrib.checkpoint.replicated import describe_mismatch, read_sharded_weights, read_weights
+    from distrib.config import load_config
+    from distrib.data import load_dataset
+    from distrib.models import build_model
+
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise UserError(f"{run_dir}: no config.yaml, not a distrib run directory")
+    ckpt_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    sharded = run_dir / "checkpoints" / f"{checkpoint}.dcp"  # a run with dist.embedding_sharding (a DCP directory)
+    if not ckpt_path.is_file() and sharded.is_dir():
+        ckpt_path = sharded
+    elif not ckpt_path.is_file():
+        raise UserError(f"{run_dir}: no checkpoint {ckpt_path.name} in checkpoints/ (has the run finished an epoch?)")
+    if (run_dir / "refit" / "checkpoints" / ckpt_path.name).is_file():
+        print(f"note: {run_dir / 'refit'} holds this run's refit model (train.refit); pass that directory to use it",
+              file=sys.stderr)
+    cfg = load_config(str(config_path))
+    data = load_dataset(cfg.data)
+    model = build_model(cfg.model, data.n_users, data.n_items, data.rating_min, data.rating_max)
+    weights = read_sharded_weights(ckpt_path, model) if ckpt_path.is_dir() else read_weights(ckpt_path)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise UserError(f"{ckpt_path}: does not fit the model that {config_path.name} describes "
+                        f"({describe_mismatch(err)})") from None
+    torch_device = torch.device(device)
+    return LoadedRun(cfg, model.to(torch_device).eval(), data, ckpt_path, torch_device)
 
 
 def predict(model: torch.nn.Module, users, items, device: torch.device | str = "cpu") -> np.ndarray:
@@ -64,7 +112,7 @@ def rating_metrics(model: torch.nn.Module, split, device: torch.device | str = "
     import numpy as np
     import torch
 
-    from distrib.metrics import error_sums, from_sums
+    from distrib.metrics.rating import error_sums, from_sums
 
     if split is None or len(split) == 0:
         return {"rmse": math.nan, "mae": math.nan, "ratings": 0}
@@ -77,7 +125,7 @@ def evaluate_run(run: LoadedRun, split_name: str = "test", max_users: int = MAX_
                  k: int = TOP_K, relevant_rating: float = RELEVANT_RATING) -> dict:
     import numpy as np
 
-    from distrib.ranking import KnownItems, ranking_metrics
+    from distrib.metrics.ranking import KnownItems, ranking_metrics
 
     data = run.data
     split = getattr(data, split_name)
@@ -124,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.max_users < 0:
         raise UserError("--max-users must be >= 0")
-    from distrib.checkpoint import load_run
-    from distrib.distributed import select_device
+    from distrib.parallel.distributed import select_device
 
     run = load_run(args.run_dir, args.checkpoint, select_device(args.device, key="--device"))
     result = evaluate_run(run, args.split, args.max_users)

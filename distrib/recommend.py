@@ -88,7 +88,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from distrib.checkpoint import load_run
+    from distrib.evaluate import load_run
 
     if args.top < 1:
         raise UserError("--top must be >= 1")

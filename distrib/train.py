@@ -21,12 +21,12 @@ import typing
 from pathlib import Path
 
 from distrib.config import Config, dump_yaml, load_config, refit_config, to_dict, with_refit_group
-from distrib.console import PRINT_CONFIG_FLAG, closing_line, header, plural, refit_summary
 from distrib.errors import JobError, UserError, exit_on_user_error, stop_on_sigint
 from distrib.options import help_text
+from distrib.report.console import PRINT_CONFIG_FLAG, closing_line, header, plural, refit_summary
 
 if typing.TYPE_CHECKING:  # torch and the rest are imported once the arguments have been read
-    from distrib.distributed import DistEnv
+    from distrib.parallel.distributed import DistEnv
 
 log = logging.getLogger("distrib")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -108,7 +108,7 @@ def from_main(value):
 
 def open_run_dir(path, env: DistEnv):
     """Rank 0 checks and locks run.dir (nothing in it is touched yet); every rank learns the verdict."""
-    from distrib.rundir import RunDir
+    from distrib.checkpoint.rundir import RunDir
 
     run_dir = RunDir(path)
     error = None
@@ -136,13 +136,13 @@ def run(cfg: Config, env: DistEnv, device, run_dir) -> tuple[dict, bool]:
     """One training phase in run_dir (opened and locked by the caller): its summary, and whether it had finished
     before. A finished run prints one line and touches nothing."""
     from distrib.data import load_dataset
-    from distrib.distributed import host_count
-    from distrib.trainer import Trainer
-    from distrib.tracking import build_tracker
+    from distrib.parallel.distributed import host_count
+    from distrib.report.tracking import build_tracker
+    from distrib.training.trainer import Trainer
 
     data = load_dataset(cfg.data)
     if cfg.dist.embedding_sharding != "none":  # tables sharded across ranks with TorchRec
-        from distrib.sharded_trainer import ShardedTrainer as Trainer  # noqa: N814
+        from distrib.training.sharded_trainer import ShardedTrainer as Trainer  # noqa: N814
     trainer = Trainer(cfg, env, device, data, run_dir)  # resumes, or refuses a mismatched or damaged checkpoint
     summary = finished_summary(trainer, run_dir)
     if summary is not None:
@@ -159,7 +159,7 @@ def run(cfg: Config, env: DistEnv, device, run_dir) -> tuple[dict, bool]:
     try:
         summary = trainer.fit(tracker)
         if env.is_main:
-            from distrib.report import finish_run
+            from distrib.report.summary import finish_run
 
             finish_run(trainer, tracker, summary)
         tracker.close(0)
@@ -217,16 +217,24 @@ def main(argv: list[str] | None = None) -> int:
 def train(cfg: Config, print_config: bool = False) -> int:
     import torch.distributed as dist
 
-    from distrib.distributed import (close_process_group, describe_lost_peers, failure_reason, init_process_group,
-                                     is_peer_failure, record_peers, resolve_env, select_device)
     from distrib.fsutil import NO_SPACE, NoSpace
+    from distrib.parallel.distributed import (
+        close_process_group,
+        describe_lost_peers,
+        failure_reason,
+        init_process_group,
+        is_peer_failure,
+        record_peers,
+        resolve_env,
+        select_device,
+    )
 
     env = resolve_env()
     cfg = with_world_batch(cfg, env)
     stop_on_sigint(f"run.dir {cfg.run.dir} keeps its last checkpoint: start the same command again to resume")
     check_world(cfg, env)
     if cfg.dist.embedding_sharding != "none":  # TorchRec importable, options it supports: before any rank waits
-        from distrib.sharded_trainer import check_sharding_config
+        from distrib.training.sharded_trainer import check_sharding_config
 
         check_sharding_config(cfg)
     setup_logging(env)

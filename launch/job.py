@@ -1,7 +1,7 @@
 """The callable that submitit runs on every task of a job: distrib.train's entry, in-process.
 
 It lives outside launch/submit.py so that its pickle names an importable module, not `__main__`.
-On SLURM each task is an srun task, so distrib.distributed.resolve_env reads its rank from SLURM's
+On SLURM each task is an srun task, so distrib.parallel.distributed.resolve_env reads its rank from SLURM's
 variables; submitit's local executor sets only its own (SUBMITIT_LOCAL_*), which submitit's
 `TorchDistributedEnvironment` exports here as a torchrun-style environment (RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT). A timeout or preemption (USR2) calls `checkpoint()` on global rank 0

@@ -90,7 +90,7 @@ def plan_runs(config: str | None, overrides: list[str], axes) -> tuple[Config, P
 
 def check_world_size(cfg: Config) -> None:
     """What distrib.train checks once the ranks exist, checked here before anything waits in a queue."""
-    from distrib.distributed import DistEnv
+    from distrib.parallel.distributed import DistEnv
     from distrib.train import check_world
 
     tasks = cfg.slurm.gpus_per_node or cfg.slurm.tasks_per_node

@@ -83,9 +83,9 @@ def weights(path: Path) -> dict:
 
 def sharded_weights(run_dir: Path, name: str = "last") -> dict:
     """The whole model's state dict from a sharded run's checkpoint (name.dcp), read in this one process."""
+    from distrib.checkpoint.sharded import read_meta, read_model_state
     from distrib.config import load_config
     from distrib.models import build_model
-    from distrib.sharded_checkpoint import read_meta, read_model_state
 
     cfg = load_config(str(run_dir / "config.yaml"))
     sizes = read_meta(run_dir / "checkpoints" / f"{name}.dcp")["data"]

@@ -10,9 +10,9 @@ import warnings
 import pytest
 import torch
 
-from distrib import precision
 from distrib.config import TrainConfig, load_config
-from distrib.schedule import lr_factor, warmup_steps
+from distrib.training import precision
+from distrib.training.schedule import lr_factor, warmup_steps
 from tests.helpers import REPO, check_ok, clean_env, metrics, tiny, train_cli, weights
 
 CPU = torch.device("cpu")
@@ -85,7 +85,7 @@ def test_gpu_large_batch_script_runs_in_its_cpu_smoke_mode():
 
 
 def test_batch_size_per_rank_makes_the_global_batch_grow_with_the_world():
-    from distrib.distributed import DistEnv
+    from distrib.parallel.distributed import DistEnv
     from distrib.train import with_world_batch
 
     def env(world):

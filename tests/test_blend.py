@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from distrib.blend import blend_moments, solve_blend
 from distrib.config import load_config, refit_config
 from distrib.errors import UserError
+from distrib.training.blend import blend_moments, solve_blend
 from tests.helpers import spawn_ranks
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from distrib.config import load_config
-from distrib.console import changed_keys, closing_line, plural, refit_summary
+from distrib.report.console import changed_keys, closing_line, plural, refit_summary
 
 FIRST = {"best_val_rmse": 0.91, "best_epoch": 1, "epochs_run": 3,
          "stopped_early": True, "world_size": 2, "device": "cpu", "steps": 30}

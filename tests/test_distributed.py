@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from distrib.distributed import first_host, port_from_job_id, resolve_env
 from distrib.errors import UserError
+from distrib.parallel.distributed import first_host, port_from_job_id, resolve_env
 
 BATCH_SHELL = {  # sbatch -n2, the script itself (no srun)
     "SLURM_JOB_ID": "4", "SLURM_JOBID": "4", "SLURM_JOB_NODELIST": "vm", "SLURM_NODELIST": "vm",
@@ -123,8 +123,7 @@ def test_port_is_in_range_and_stable():
 def test_a_lost_remote_host_is_named_with_its_ranks_from_the_peer_address(monkeypatch):
     import socket
 
-    from distrib import distributed
-
+    from distrib.parallel import distributed
     monkeypatch.setattr(socket, "gethostname", lambda: "node1")
     peers = [("node1", 11, "10.77.0.11"), ("node1", 12, "10.77.0.11"), ("node2", 21, "10.77.0.12"),
              ("node2", 22, "10.77.0.12")]

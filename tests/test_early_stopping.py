@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from distrib.early_stopping import EarlyStopping
-from distrib.trainer import DeviceSplit, sharded_metrics
+from distrib.training.early_stopping import EarlyStopping
+from distrib.training.trainer import DeviceSplit, sharded_metrics
 from tests.helpers import spawn_ranks
 
 

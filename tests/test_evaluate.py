@@ -9,7 +9,7 @@ import pytest
 
 from distrib.data.types import RatingSplit
 from distrib.evaluate import main as evaluate_main
-from distrib.ranking import KnownItems, hit_and_ndcg, ranking_metrics, target_ranks
+from distrib.metrics.ranking import KnownItems, hit_and_ndcg, ranking_metrics, target_ranks
 from tests.helpers import run_module
 
 
@@ -110,8 +110,7 @@ def test_evaluate_rejects_negative_max_users(tiny_run, capsys):
 
 @pytest.mark.slow
 def test_evaluate_samples_users(tiny_run):
-    from distrib.checkpoint import load_run
-    from distrib.evaluate import evaluate_run
+    from distrib.evaluate import evaluate_run, load_run
 
     result = evaluate_run(load_run(tiny_run), "test", max_users=5)
     assert result["ranking_sampled"] and result["ranking_users"] == 5

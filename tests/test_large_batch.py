@@ -7,11 +7,10 @@ import math
 import pytest
 import torch
 
-from distrib.analysis import schedule_curve
 from distrib.config import TrainConfig, load_config
 from distrib.errors import UserError
-from distrib.lamb import EPS, Lamb
-from distrib.schedule import batch_at, build_scheduler, lr_factor, ramp_position, scaled_lr
+from distrib.training.lamb import EPS, Lamb
+from distrib.training.schedule import batch_at, build_scheduler, lr_factor, ramp_position, scaled_lr, schedule_curve
 from tests.helpers import check_ok, metrics, tiny, train_cli, weights
 
 
@@ -81,7 +80,7 @@ def test_what_a_captured_step_cannot_do_is_refused_at_start(overrides, message):
 
 
 def test_lamb_is_refused_with_sharded_tables():
-    from distrib.sharded_trainer import check_sharding_config
+    from distrib.training.sharded_trainer import check_sharding_config
     with pytest.raises(UserError, match="train.optimizer=lamb: not with dist.embedding_sharding"):
         check_sharding_config(load_config(None, ["dist.embedding_sharding=row_wise", "train.optimizer=lamb",
                                                  "train.precision=fp32"]))

@@ -1,11 +1,11 @@
-"""distrib.metrics: RMSE and MAE from summed errors, the same whichever way the ratings are split."""
+"""distrib.metrics.rating: RMSE and MAE from summed errors, the same whichever way the ratings are split."""
 from __future__ import annotations
 
 import math
 
 import torch
 
-from distrib.metrics import error_sums, from_sums
+from distrib.metrics.rating import error_sums, from_sums
 
 
 def test_sums_of_parts_give_the_metrics_of_the_whole():

@@ -221,7 +221,7 @@ def test_new_models_train_in_the_distributed_job_with_the_same_weights_on_1_and_
 def test_adamw_decays_weights_apart_from_the_gradient():
     """train.optimizer=adamw: a step with a zero gradient shrinks each weight by exactly lr * weight_decay;
     adam (the article's) adds the decay to the gradient instead, which Adam then normalises."""
-    from distrib.trainer import build_optimizer
+    from distrib.training.trainer import build_optimizer
 
     for name, expected in (("adamw", 1 - 1e-2 * 0.5), ("adam", None)):
         cfg = load_config(None, [f"train.optimizer={name}", "train.lr=1e-2", "train.lr_scaling=none",

@@ -9,12 +9,20 @@ matplotlib.use("Agg")
 import matplotlib.image as mpimg  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
-from distrib.analysis import embedding_pca, find_restarts, movie_counts, schedule_curve  # noqa: E402
 from distrib.config import TrainConfig  # noqa: E402
-from distrib.plots import (  # noqa: E402
-    last_row_per_epoch, lr_figure, plot_embedding_pca, plot_learning_curves, plot_lr_schedule, write_run_plots,
+from distrib.report.analysis import embedding_pca, find_restarts, movie_counts
+from distrib.report.plots import (  # noqa: E402
+    last_row_per_epoch,
+    lr_figure,
+    plot_embedding_pca,
+    plot_learning_curves,
+    plot_lr_schedule,
+    write_run_plots,
 )
-from distrib.schedule import lr_factor  # noqa: E402
+from distrib.training.schedule import (
+    lr_factor,  # noqa: E402
+    schedule_curve,  # noqa: E402
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from distrib.errors import UserError
-from distrib.checkpoint import load_run
+from distrib.evaluate import load_run
 from distrib.recommend import main as recommend_main
 from distrib.recommend import rated_items, recommend, user_index
 from tests.helpers import run_module

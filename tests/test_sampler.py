@@ -1,6 +1,6 @@
 import torch
 
-from distrib.sampler import epoch_permutation, rank_batches, rank_slice, shard_bounds, steps_per_epoch
+from distrib.parallel.sampler import epoch_permutation, rank_batches, rank_slice, shard_bounds, steps_per_epoch
 
 
 def test_permutation_depends_only_on_seed_and_epoch():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from distrib.config import TrainConfig
-from distrib.schedule import build_scheduler, lr_factor, scaled_lr
+from distrib.training.schedule import build_scheduler, lr_factor, scaled_lr
 
 
 def test_lr_scaling_rules():

@@ -12,11 +12,10 @@ import time
 import pytest
 import torch
 
+from distrib.checkpoint.sharded import read_meta
 from distrib.config import load_config
 from distrib.models import build_model
-from distrib.sharded_checkpoint import read_meta
-from tests.helpers import (REPO, check_ok, clean_env, digest, metrics, sharded_weights, summary, tiny, train_cli,
-                           weights)
+from tests.helpers import REPO, check_ok, clean_env, digest, metrics, sharded_weights, summary, tiny, train_cli, weights
 from tests.wandb_records import read_wandb_run
 
 pytestmark = pytest.mark.slow
@@ -147,7 +146,7 @@ def test_sharded_refit_trains_a_second_phase_and_evaluates_it(tmp_path):
     assert summary(refit)["test_rmse"] > 0
 
 
-# Third-party notices a sharded run once printed (distrib.sharded_trainer.quiet_third_party drops them).
+# Third-party notices a sharded run once printed (distrib.training.sharded_trainer.quiet_third_party drops them).
 THIRD_PARTY_NOTICES = ("deprecating ShardedTensor", "`broadcast_buffers` is deprecated",
                        "caching params will be ignored", "is_fx_tracing", "an autograd kernel was not registered", "Feature Gates",
                        "Collective validation initialized", "index dedup enabled")

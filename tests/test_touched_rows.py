@@ -3,7 +3,7 @@ looked-up rows only. Checked against torch.optim itself; the sharded runs are in
 import pytest
 import torch
 
-from distrib.touched_rows import _adam_rows
+from distrib.parallel.touched_rows import _adam_rows
 
 
 def adam_rows_steps(optimizer_class, decay: float, batches: list[torch.Tensor], table: torch.Tensor) -> torch.Tensor:

@@ -17,8 +17,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from distrib.config import TrackingConfig  # noqa: E402
-from distrib.tracking import (  # noqa: E402
-    RUN_ID_FILE, STATE_FILE, NullTracker, artifact_name, build_tracker, has_api_key,
+from distrib.report.tracking import (  # noqa: E402
+    RUN_ID_FILE,
+    STATE_FILE,
+    NullTracker,
+    artifact_name,
+    build_tracker,
+    has_api_key,
 )
 from tests.wandb_records import media_files, read_wandb_run  # noqa: E402
 
@@ -186,7 +191,7 @@ def test_null_tracker_never_imports_wandb(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         from distrib.config import TrackingConfig
-        from distrib.tracking import build_tracker
+        from distrib.report.tracking import build_tracker
         for mode, main in (("online", False), ("offline", False), ("disabled", True)):
             t = build_tracker(TrackingConfig(mode=mode), {str(tmp_path)!r}, {{}}, is_main=main)
             t.log_step(1, {{"train/loss": 1.0}}); t.close(0)

@@ -10,7 +10,7 @@ import yaml
 from distrib.config import load_config
 from distrib.data import load_dataset
 from distrib.models import build_model
-from distrib.trainer import sharded_metrics, to_device
+from distrib.training.trainer import sharded_metrics, to_device
 from tests.helpers import check_ok, max_rel_diff, metrics, run_module, spawn_ranks, summary, tiny, train_cli, weights
 
 pytestmark = pytest.mark.slow  # every test here launches processes or trains

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distrib.checkpoint import load_latest
+from distrib.checkpoint.replicated import load_latest
 from tests.helpers import REPO, check_ok, clean_env, digest, metrics, tiny, train_cli
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,6 @@
 """An ensemble trained by the job (`model.name=ensemble`, `model.members=[autorec, mf]`): the prediction is
 the weighted mean of the members' predictions (weights `model.member_weights`, normalised; equal if empty;
-with `model.blend=validation` fitted on the validation part after early stopping: distrib.blend).
+with `model.blend=validation` fitted on the validation part after early stopping: distrib.training.blend).
 
 Each member is fit to the ratings on its own, as if trained alone, but in the same job: the same batches,
 optimizer, schedule, DDP and checkpoints (member i's weights under `members.i.`). In training mode forward

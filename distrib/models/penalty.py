@@ -33,7 +33,7 @@ def build_penalty(cfg: ModelConfig, model: RatingModel) -> Penalty | None:
         return None
 
     def penalty(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        # Tables looked up at each call: sharded tables (distrib.sharding) take their place after this is built
+        # Tables looked up at each call: sharded tables (distrib.parallel.sharding) take their place after this is built
         tables = model.embedding_tables()
         user, movie = tables["user"], tables["movie"]
         user_bias, movie_bias = tables.get("user_bias"), tables.get("movie_bias")

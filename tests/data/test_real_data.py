@@ -2,7 +2,6 @@
 extracted; read-only)."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

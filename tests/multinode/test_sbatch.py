@@ -7,8 +7,16 @@ import json
 import pytest
 
 from tests.helpers import weights
-from tests.launch.common import (REPO, SLOW, cancel, job_env, requeue_once_with_usr2, sbatch, settled_accounting,
-                                 wait_job)
+from tests.launch.common import (
+    REPO,
+    SLOW,
+    cancel,
+    job_env,
+    requeue_once_with_usr2,
+    sbatch,
+    settled_accounting,
+    wait_job,
+)
 from tests.multinode.common import rel_l2, tiny
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slurm, pytest.mark.slow]

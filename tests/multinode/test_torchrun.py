@@ -11,8 +11,18 @@ import pytest
 
 from tests.helpers import weights
 from tests.launch.common import REPO, job_env
-from tests.multinode.common import (ADDRESS, NODES, PYTHON, copy_from_node, node_local, node_run, on_node, rel_l2,
-                                    remove_node_local, tiny)
+from tests.multinode.common import (
+    ADDRESS,
+    NODES,
+    PYTHON,
+    copy_from_node,
+    node_local,
+    node_run,
+    on_node,
+    rel_l2,
+    remove_node_local,
+    tiny,
+)
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slow]
 

@@ -6,8 +6,19 @@ import json
 import pytest
 
 from tests.helpers import assert_equal_weights, weights
-from tests.launch.common import (REPO, SLOW, assert_requeued_then_completed, cancel, checked_accounting, epochs_done,
-                                 job_env, requeue_once_with_usr2, sbatch, tiny, wait_job)
+from tests.launch.common import (
+    REPO,
+    SLOW,
+    assert_requeued_then_completed,
+    cancel,
+    checked_accounting,
+    epochs_done,
+    job_env,
+    requeue_once_with_usr2,
+    sbatch,
+    tiny,
+    wait_job,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 TEMPLATE = str(REPO / "slurm" / "train.sbatch")

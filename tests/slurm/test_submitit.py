@@ -13,8 +13,20 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import assert_equal_weights, check_ok, train_cli, weights
-from tests.launch.common import (REPO, SLOW, assert_requeued_then_completed, cancel, checked_accounting, epochs_done,
-                                 job_env, release_requeued, run, tiny, wait_job, wait_until)
+from tests.launch.common import (
+    REPO,
+    SLOW,
+    assert_requeued_then_completed,
+    cancel,
+    checked_accounting,
+    epochs_done,
+    job_env,
+    release_requeued,
+    run,
+    tiny,
+    wait_job,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -1,7 +1,6 @@
 """Checkpoints: a dict of parts under constant keys, written by rank 0 atomically (temp file, fsync,
 rename), the previous good one kept, and loaded with a fallback when the newest is cut off or corrupt.
-Also `load_run`: a finished run's config, data and model with a checkpoint's weights, for the tools
-that use a trained model (evaluate, recommend).
+`read_weights` / `read_sharded_weights` give a finished run's weights to the tools that use a trained model.
 
 Layout in run.dir/checkpoints/: last.pt (newest), last.1.pt (the one before, when keep >= 2), best.pt.
 """
@@ -10,8 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -109,52 +106,9 @@ def describe_mismatch(err: RuntimeError) -> str:
 
 
 
-@dataclass
-class LoadedRun:
-    cfg: object  # distrib.config.Config
-    model: torch.nn.Module  # in eval mode
-    data: object  # distrib.data.PreparedData
-    checkpoint: Path
-    device: torch.device
-
-
-def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
-    """The resolved config, the dataset it names, and the model with the checkpoint's weights."""
-    from distrib.config import load_config
-    from distrib.data import load_dataset
-    from distrib.models import build_model
-
-    run_dir = Path(run_dir).expanduser()
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: no such run directory")
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise UserError(f"{run_dir}: no config.yaml, not a distrib run directory")
-    ckpt_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    sharded = run_dir / "checkpoints" / f"{checkpoint}.dcp"  # a run with dist.embedding_sharding (a DCP directory)
-    if not ckpt_path.is_file() and sharded.is_dir():
-        ckpt_path = sharded
-    elif not ckpt_path.is_file():
-        raise UserError(f"{run_dir}: no checkpoint {ckpt_path.name} in checkpoints/ (has the run finished an epoch?)")
-    if (run_dir / "refit" / "checkpoints" / ckpt_path.name).is_file():
-        print(f"note: {run_dir / 'refit'} holds this run's refit model (train.refit); pass that directory to use it",
-              file=sys.stderr)
-    cfg = load_config(str(config_path))
-    data = load_dataset(cfg.data)
-    model = build_model(cfg.model, data.n_users, data.n_items, data.rating_min, data.rating_max)
-    weights = read_sharded_weights(ckpt_path, model) if ckpt_path.is_dir() else read_weights(ckpt_path)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise UserError(f"{ckpt_path}: does not fit the model that {config_path.name} describes "
-                        f"({describe_mismatch(err)})") from None
-    torch_device = torch.device(device)
-    return LoadedRun(cfg, model.to(torch_device).eval(), data, ckpt_path, torch_device)
-
-
 def read_sharded_weights(path: Path, model: torch.nn.Module) -> dict:
     """The whole tables of a sharded run's DCP checkpoint, read in this one process (no process group)."""
-    from distrib.sharded_checkpoint import is_complete, read_model_state
+    from distrib.checkpoint.sharded import is_complete, read_model_state
 
     if not is_complete(path):
         raise UserError(f"{path}: incomplete sharded checkpoint (no .metadata or meta.pt)")

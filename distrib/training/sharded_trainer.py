@@ -1,7 +1,7 @@
 """The training loop with embedding tables sharded by TorchRec (`dist.embedding_sharding` = row_wise,
-table_wise or auto): `distrib.trainer.Trainer`'s loop, schedule, early stopping, NaN stop and outputs, with
-the model under `DistributedModelParallel` (`distrib.sharding`) and checkpoints in DCP
-(`distrib.sharded_checkpoint`).
+table_wise or auto): `distrib.training.trainer.Trainer`'s loop, schedule, early stopping, NaN stop and outputs, with
+the model under `DistributedModelParallel` (`distrib.parallel.sharding`) and checkpoints in DCP
+(`distrib.checkpoint.sharded`).
 
 What differs from the replicated trainer: every forward is a collective (an all-to-all of ids and rows), so
 validation runs the same number of batches on every rank (a rank past its share looks up one padding pair);
@@ -18,16 +18,16 @@ import warnings
 import torch
 import torch.distributed as dist
 
-from distrib import sharded_checkpoint as sckpt
-from distrib.distributed import bf16_allreduce_hook
+from distrib.checkpoint import sharded as sckpt
 from distrib.errors import UserError
-from distrib.metrics import EVAL_BATCH, error_sums, from_sums
+from distrib.metrics.rating import EVAL_BATCH, error_sums, from_sums
 from distrib.models import build_model, build_penalty
-from distrib.sampler import shard_bounds
-from distrib.schedule import build_scheduler
-from distrib.sharding import build_sharded, dense_kernels, dense_state, gather_tables, require_torchrec
-from distrib.touched_rows import attach_to_optimizer
-from distrib.trainer import DeviceSplit, Trainer, build_optimizer
+from distrib.parallel.distributed import bf16_allreduce_hook
+from distrib.parallel.sampler import shard_bounds
+from distrib.parallel.sharding import build_sharded, dense_kernels, dense_state, gather_tables, require_torchrec
+from distrib.parallel.touched_rows import attach_to_optimizer
+from distrib.training.schedule import build_scheduler
+from distrib.training.trainer import DeviceSplit, Trainer, build_optimizer
 
 log = logging.getLogger("distrib")
 
@@ -129,7 +129,7 @@ class ShardedTrainer(Trainer):
         self._refuse_fresh_start_over_history(problems or ["no last.dcp"])
 
     def state_dict(self) -> dict:
-        raise NotImplementedError("sharded state is saved with distrib.sharded_checkpoint")
+        raise NotImplementedError("sharded state is saved with distrib.checkpoint.sharded")
 
     def _save(self, improved: bool) -> None:
         if self.env.is_main:
@@ -162,7 +162,7 @@ class ShardedTrainer(Trainer):
 
 @torch.no_grad()
 def lockstep_metrics(dmp: torch.nn.Module, split: DeviceSplit, rank: int, world_size: int) -> dict:
-    """Exact RMSE/MAE over the whole split, as `distrib.trainer.sharded_metrics`, but every rank runs the same
+    """Exact RMSE/MAE over the whole split, as `distrib.training.trainer.sharded_metrics`, but every rank runs the same
     number of forward passes (each one is an all-to-all): a rank whose share is done looks up a padding pair."""
     dmp.eval()
     device = split.ratings.device

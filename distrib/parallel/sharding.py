@@ -13,7 +13,7 @@ ordinary parameter with a dense gradient, and torch's Adam/AdamW (the same one a
 it: the replicated update (every row decayed and its moments advanced each step), split by rows over
 ranks. On CPU, FBGEMM's dense kernel pools even when asked for sequence output; `_fix_cpu_sequence_kernels`
 lays its output out as sequence rows (each sample looks up exactly one id per table, so pooling one row is
-that row). With `touched_rows`, `distrib.touched_rows` replaces the kernel's lookup and updates only the
+that row). With `touched_rows`, `distrib.parallel.touched_rows` replaces the kernel's lookup and updates only the
 rows a step looked up.
 
 Gradient scale: the trainer backpropagates world_size x its local loss so that DDP's average is the gradient
@@ -129,7 +129,7 @@ def build_sharded(model: nn.Module, model_name: str, mode: str, device: torch.de
                   embedding_update: str = "dense"):
     """DMP around the model with its tables sharded per `mode` and the rest in DDP (`bucket_cap_mb`, as
     `dist.bucket_cap_mb`), the tables' kernels as `dist.embedding_update` asks; returns (dmp, wrapper).
-    With touched_rows, `distrib.touched_rows.attach_to_optimizer` must then hook the optimizer."""
+    With touched_rows, `distrib.parallel.touched_rows.attach_to_optimizer` must then hook the optimizer."""
     from torchrec.distributed import comm_ops
     from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
     from torchrec.distributed.types import ShardingEnv
@@ -236,7 +236,7 @@ def _fix_cpu_sequence_kernels(dmp: nn.Module) -> None:
 def _use_touched_rows_kernels(dmp: nn.Module) -> None:
     from torchrec.distributed.batched_embedding_kernel import BatchedDenseEmbedding
 
-    from distrib.touched_rows import convert_kernel, touched_rows_kernel
+    from distrib.parallel.touched_rows import convert_kernel, touched_rows_kernel
 
     kernel_class = touched_rows_kernel(BatchedDenseEmbedding)
     for kernel in dense_kernels(dmp):

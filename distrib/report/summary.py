@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import logging
 
-from distrib.analysis import movie_counts, schedule_curve
-from distrib.plots import write_run_plots
+from distrib.report.analysis import movie_counts
+from distrib.report.plots import write_run_plots
 
 log = logging.getLogger("distrib")
 
 
 def finish_run(trainer, tracker, summary: dict) -> None:
     data, step = trainer.data, trainer.progress.step
-    steps, lrs = schedule_curve(trainer.cfg.train, trainer.steps_per_epoch, max(step, 1), len(trainer.train_split))
+    steps, lrs = trainer.lr_curve()
     counts = movie_counts(data.n_items, data.train.items)
-    # sharded tables (distrib.sharded_trainer): the whole model, gathered to rank 0
+    # sharded tables (distrib.training.sharded_trainer): the whole model, gathered to rank 0
     model = trainer.model if getattr(trainer, "report_model", None) is None else trainer.report_model
     vectors = model.item_vectors().detach().float().cpu().numpy()
     titles = data.titles or [str(raw) for raw in data.item_ids]

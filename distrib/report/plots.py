@@ -1,7 +1,7 @@
 """Pictures of a run, written as PNGs into `run_dir/plots/` (matplotlib's Agg backend: no display needed):
 learning curves from metrics.jsonl, the learning-rate schedule with its warm restarts, and the article's
 bonus, a PCA of the movie embeddings with the titles at both ends of the first components. The numbers
-drawn come from `distrib.analysis`; this module only draws.
+drawn come from `distrib.report.analysis`; this module only draws.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distrib.analysis import PCA_COMPONENTS, PCA_SHOW, PCA_TOP_MOVIES, find_restarts, pca_ends
+from distrib.report.analysis import PCA_COMPONENTS, PCA_SHOW, PCA_TOP_MOVIES, find_restarts, pca_ends
 
 DPI = 100
 
@@ -92,7 +92,7 @@ def plot_lr_schedule(steps, lrs, path: Path) -> list[int]:
 def plot_embedding_pca(vectors: np.ndarray, titles: list[str], counts: np.ndarray, path: Path,
                        n_components: int = PCA_COMPONENTS, top_k_movies: int = PCA_TOP_MOVIES,
                        n_show: int = PCA_SHOW) -> dict:
-    """The PCA of `distrib.analysis.pca_ends`, one row of bar charts per component: the titles with the
+    """The PCA of `distrib.report.analysis.pca_ends`, one row of bar charts per component: the titles with the
     lowest and the highest scores. Returns pca_ends' dict."""
     plt = _pyplot()
     ends = pca_ends(vectors, titles, counts, n_components, top_k_movies, n_show)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from distrib.config import TrainConfig
@@ -149,3 +150,12 @@ class StepSchedule:
 def build_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int, n_train: int | None = None) -> StepSchedule:
     """n_train: the training ratings, which the ramp's epochs divide by their batch (needed with a ramp)."""
     return StepSchedule(optimizer, cfg, steps_per_epoch, n_train)
+
+
+def schedule_curve(train_cfg, steps_per_epoch: int, total_steps: int,
+                   n_train: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The learning rate the trainer's scheduler gives at each step (`train_cfg` is the TrainConfig; n_train, the
+    training ratings, places the steps of a batch ramp)."""
+    steps = np.arange(max(1, total_steps))
+    n = n_train if n_train is not None else steps_per_epoch * train_cfg.batch_size
+    return steps, np.array([lr_at(int(s), train_cfg, steps_per_epoch, n)[0] for s in steps])

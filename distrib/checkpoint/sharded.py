@@ -26,7 +26,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from distrib.errors import UserError
-from distrib.sharding import ShardedLookupModel, table_state_keys
+from distrib.parallel.sharding import ShardedLookupModel, table_state_keys
 
 log = logging.getLogger("distrib")
 META = "meta.pt"

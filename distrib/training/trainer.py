@@ -17,24 +17,24 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from distrib import checkpoint as ckpt
-from distrib.blend import fit_blend
+from distrib.checkpoint import replicated as ckpt
+from distrib.checkpoint.rundir import RunDir
 from distrib.config import Config, check_resume, to_dict
 from distrib.data import PreparedData, RatingSplit
-from distrib.distributed import DistEnv, wrap_ddp
-from distrib.early_stopping import EarlyStopping
 from distrib.errors import UserError
 from distrib.fsutil import atomic_torch_save
-from distrib.graphstep import StaticStep, check_graphable, graph_optimizer_options
-from distrib.health import DivergenceGuard
-from distrib.lamb import Lamb
-from distrib.metrics import EVAL_BATCH, error_sums, from_sums
+from distrib.metrics.rating import EVAL_BATCH, error_sums, from_sums
 from distrib.models import build_model, build_penalty
-from distrib.precision import resolve_precision
-from distrib.progress import EpochProgress
-from distrib.rundir import RunDir
-from distrib.sampler import epoch_permutation, rank_batches, rank_slice, shard_bounds, steps_per_epoch
-from distrib.schedule import batch_at, build_scheduler, scaled_lr
+from distrib.parallel.distributed import DistEnv, wrap_ddp
+from distrib.parallel.sampler import epoch_permutation, rank_batches, rank_slice, shard_bounds, steps_per_epoch
+from distrib.report.progress import EpochProgress
+from distrib.training.blend import fit_blend
+from distrib.training.early_stopping import EarlyStopping
+from distrib.training.graphstep import StaticStep, check_graphable, graph_optimizer_options
+from distrib.training.health import DivergenceGuard
+from distrib.training.lamb import Lamb
+from distrib.training.precision import resolve_precision
+from distrib.training.schedule import batch_at, build_scheduler, scaled_lr, schedule_curve
 
 log = logging.getLogger("distrib")
 
@@ -93,7 +93,7 @@ class Trainer:
         self.precision = resolve_precision(requested, device)  # auto -> fp32 or bf16 for this device
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                          if self.precision == "bf16" else nullcontext())
-        self.static_step = None  # train.cuda_graph: the whole step captured once (distrib.graphstep)
+        self.static_step = None  # train.cuda_graph: the whole step captured once (distrib.training.graphstep)
         if cfg.train.cuda_graph:
             check_graphable(device, env.world_size, cfg.train.schedule)
             lo, hi = rank_slice(cfg.train.batch_size, env.rank, env.world_size)
@@ -101,7 +101,7 @@ class Trainer:
                                           env.world_size, self.precision, device)
 
     def _build_parallel(self) -> None:
-        """Penalty, optimizer, schedule, resume, DDP (distrib.sharded_trainer overrides this for sharded tables)."""
+        """Penalty, optimizer, schedule, resume, DDP (distrib.training.sharded_trainer overrides this for sharded tables)."""
         cfg = self.cfg
         self.penalty = build_penalty(cfg.model, self.model)  # None: plain MSE
         self.optimizer = build_optimizer(self.model, cfg, self.device)
@@ -223,6 +223,10 @@ class Trainer:
         self.metrics.append(row)
         self._save(improved)
         self._report(row, improved)
+
+    def lr_curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """The learning rate at each step taken so far, as the scheduler gave it (the report draws it)."""
+        return schedule_curve(self.cfg.train, self.steps_per_epoch, max(self.progress.step, 1), len(self.train_split))
 
     def epoch_samples(self, epoch: int) -> int:
         """Training ratings of `epoch` (all ranks): its steps times its global batch (train.batch_ramp_epochs)."""
@@ -382,7 +386,7 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -
     fused = device.type in ("cuda", "cpu")
     # adam: the article's (weight decay as an L2 term in the gradient); adamw: decoupled decay (Loshchilov &
     # Hutter), which the tuned EmbeddingNet needs: with Adam the L2 term is rescaled per parameter and barely acts
-    if cfg.train.optimizer == "lamb":  # adamw's step with a per-tensor trust ratio (distrib.lamb)
+    if cfg.train.optimizer == "lamb":  # adamw's step with a per-tensor trust ratio (distrib.training.lamb)
         return Lamb(model.parameters(), lr=scaled_lr(cfg.train), betas=tuple(cfg.train.betas),
                     weight_decay=cfg.train.weight_decay)
     optimizer = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from distrib.metrics import EVAL_BATCH
-from distrib.sampler import shard_bounds
+from distrib.metrics.rating import EVAL_BATCH
+from distrib.parallel.sampler import shard_bounds
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
-"""The maths behind a run's pictures and summary: the learning-rate curve the scheduler follows, where it
+"""The maths behind a run's pictures and summary: where the learning-rate curve (the trainer hands it over)
 restarts, ratings per movie, and the PCA of the movie embeddings (scikit-learn's `PCA`, as the article)
-with the titles at both ends of each component. `distrib.plots` only draws what these return.
+with the titles at both ends of each component. `distrib.report.plots` only draws what these return.
 """
 from __future__ import annotations
 
@@ -9,17 +9,6 @@ import numpy as np
 PCA_COMPONENTS = 3
 PCA_TOP_MOVIES = 1000
 PCA_SHOW = 10
-
-
-def schedule_curve(train_cfg, steps_per_epoch: int, total_steps: int,
-                   n_train: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The learning rate the trainer's scheduler gives at each step (`train_cfg` is the TrainConfig; n_train, the
-    training ratings, places the steps of a batch ramp)."""
-    from distrib.schedule import lr_at
-
-    steps = np.arange(max(1, total_steps))
-    n = n_train if n_train is not None else steps_per_epoch * train_cfg.batch_size
-    return steps, np.array([lr_at(int(s), train_cfg, steps_per_epoch, n)[0] for s in steps])
 
 
 def find_restarts(lrs) -> list[int]:
