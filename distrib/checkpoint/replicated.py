@@ -15,7 +15,7 @@ import torch
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from distrib.errors import UserError
-from distrib.fsutil import torch_bytes, write_temp
+from distrib.fsutil import atomic_torch_save, torch_bytes, write_temp
 
 log = logging.getLogger("distrib")
 
@@ -33,6 +33,35 @@ def save_last(state: dict, ckpt_dir: Path, keep: int = 2) -> None:
         if older.exists():
             os.replace(older, ckpt_dir / f"last.{i}.pt")
     os.replace(tmp, last)
+
+
+def save(state: dict, ckpt_dir: Path, improved: bool, keep: int = 2) -> None:
+    """An epoch's checkpoint: best.pt too when validation improved, then last.pt (rotated)."""
+    if improved:
+        atomic_torch_save(state, ckpt_dir / "best.pt")
+    save_last(state, ckpt_dir, keep)
+
+
+def replace_model(path: Path, model_state: dict) -> None:
+    """Rewrite a checkpoint with other model weights (an ensemble's fitted blend), the rest kept."""
+    state = read_or_refuse(path, map_location="cpu")
+    state["model"] = {key: value.cpu() for key, value in model_state.items()}
+    atomic_torch_save(state, path)
+
+
+def check_best_loads(best: Path) -> None:
+    """best.pt must load before a resumed run trains: the end of the run evaluates it, and a damaged one found
+    only then would cost the whole resumed run."""
+    if not best.exists():
+        return
+    try:
+        read(best)
+    except UnsafeCheckpoint:
+        raise
+    except Exception as err:
+        raise UserError(f"{best}: {describe_unreadable(err)}; nothing was changed: the best model's weights "
+                        "are lost (`python -m distrib.evaluate RUN_DIR --checkpoint last` still works); "
+                        "to train again, choose a new run.dir") from None
 
 
 def candidates(ckpt_dir: Path) -> list[Path]:

@@ -57,6 +57,23 @@ class RunDir:
         found += [p.relative_to(self.path).as_posix() for p in sorted(self.checkpoints.glob("*.dcp")) if p.is_dir()]
         return found
 
+    def refuse_fresh_start(self, problems: list[str]) -> None:
+        """No checkpoint to resume from: a fresh start would overwrite a past run's results, so if this directory
+        holds any, the user must choose that explicitly (`problems`: why each checkpoint could not be used)."""
+        history = self.history()
+        if history == ["metrics.jsonl"] and self._first_row_only():
+            return  # died saving its first checkpoint (the row is written first): a fresh start replays that epoch
+        if history:
+            raise UserError(f"run.dir {self.path}: holds a run ({', '.join(history)}) but no checkpoint to "
+                            f"resume from ({'; '.join(problems)}); nothing was changed: to start over, choose a "
+                            "new run.dir (or remove this one)")
+
+    def _first_row_only(self) -> bool:
+        try:
+            return len(self.read_metrics()) <= 1
+        except ValueError:  # not our JSON lines: refused as history
+            return False
+
     def close(self) -> None:
         self._lock.release()
 

@@ -8,6 +8,7 @@ run.dir/config.yaml, and `python -m distrib.train ... --print-config` prints it 
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 
 from distrib.config import load_config, to_dict
@@ -90,3 +91,13 @@ def refit_summary(first: dict, refit: dict) -> dict:
     beside them. The refit has no validation part, so it carries no best_val_rmse or best_epoch of its own."""
     final = {key: value for key, value in refit.items() if key not in ("best_val_rmse", "best_epoch")}
     return final | {"final_model": "refit", "phase1": first}
+
+
+def epoch_line(row: dict, epochs: int, members: int, improved: bool) -> str:
+    """`[012/030] train: 0.8123 - val: 0.8456 - val_rmse: 0.9196 - 2.4s - 36000 samples/s *` (* : a new best)."""
+    has_val = not math.isnan(row["val_loss"])
+    mark = " *" if improved and has_val else ""
+    val = f" - val: {row['val_loss']:.4f} - val_rmse: {row['val_rmse']:.4f}" if has_val else ""
+    train = "train" if members == 1 else f"train (mean of {members} members)"
+    return (f"[{row['epoch']:03d}/{epochs:03d}] {train}: {row['train_loss']:.4f}{val} - "
+            f"{row['epoch_seconds']:.1f}s - {row['samples_per_s']:.0f} samples/s{mark}")

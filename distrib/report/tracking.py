@@ -44,6 +44,17 @@ MIN_SUMMARY_METRICS = ("val/rmse", "val/mae", "val/loss")
 EMBEDDING_TABLE_ROWS = 1000
 
 
+def epoch_metrics(row: dict, world_size: int, device: str) -> dict:
+    """An epoch's row of metrics.jsonl under W&B's names (validation's only when the epoch was validated)."""
+    metrics = {
+        "epoch": row["epoch"], "train/loss": row["train_loss"], "time/epoch_s": row["epoch_seconds"],
+        "throughput/samples_per_s": row["samples_per_s"], "dist/world_size": world_size, "device": device,
+    }
+    if not math.isnan(row["val_loss"]):
+        metrics.update({"val/rmse": row["val_rmse"], "val/mae": row["val_mae"], "val/loss": row["val_loss"]})
+    return metrics
+
+
 class NullTracker:
     """The tracker of non-main ranks and of `tracking.mode=disabled`: every method does nothing."""
 

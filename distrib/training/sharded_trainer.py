@@ -126,7 +126,7 @@ class ShardedTrainer(Trainer):
         if (ckpt_dir / "last.pt").exists():
             raise UserError(f"run.dir {self.run.path}: holds a replicated run's checkpoints (last.pt); resume it with "
                             "dist.embedding_sharding=none, or use a new run.dir")
-        self._refuse_fresh_start_over_history(problems or ["no last.dcp"])
+        self.run.refuse_fresh_start(problems or ["no last.dcp"])
 
     def state_dict(self) -> dict:
         raise NotImplementedError("sharded state is saved with distrib.checkpoint.sharded")

@@ -1,6 +1,9 @@
 """The training loop: DDP around the model, sharded batches from device-resident data, the scaled and
 restarting LR schedule, exact sharded validation, synced early stopping, checkpoints and resume.
 
+Reading order: `fit` -> `run_epoch` -> `train_epoch` -> `train_step` (the loop, on one screen); then resume
+(the checkpoint wing does the reading and the refusals), then the outputs (the report wing formats them).
+
 Loss: the article's summed MSE. Each rank's loss is its local sum times the world size, so DDP's gradient
 average equals the gradient of the sum over the whole global batch, whatever the world size.
 """
@@ -22,12 +25,13 @@ from distrib.checkpoint.rundir import RunDir
 from distrib.config import Config, check_resume, to_dict
 from distrib.data import PreparedData, RatingSplit
 from distrib.errors import UserError
-from distrib.fsutil import atomic_torch_save
 from distrib.metrics.rating import EVAL_BATCH, error_sums, from_sums
 from distrib.models import build_model, build_penalty
 from distrib.parallel.distributed import DistEnv, wrap_ddp
 from distrib.parallel.sampler import epoch_permutation, rank_batches, rank_slice, shard_bounds, steps_per_epoch
+from distrib.report.console import epoch_line
 from distrib.report.progress import EpochProgress
+from distrib.report.tracking import epoch_metrics
 from distrib.training.blend import fit_blend
 from distrib.training.early_stopping import EarlyStopping
 from distrib.training.graphstep import StaticStep, check_graphable, graph_optimizer_options
@@ -113,86 +117,6 @@ class Trainer:
             self.model.compile()
         self.ddp = wrap_ddp(self.model, self.device, cfg.dist)
 
-    # ---- resume -------------------------------------------------------------------------------------
-    def _resume(self) -> None:
-        state, path, problems = ckpt.load_latest(self.run.checkpoints)
-        if state is None:
-            self._refuse_fresh_start_over_history(problems or ["no last.pt"])
-            return
-        check_resume(state.get("config", {}), self.cfg, self.run.path)  # before anything is loaded or written
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as err:
-            raise UserError(f"run.dir {self.run.path}: {path.name} holds a different model "
-                            f"({ckpt.describe_mismatch(err)}); use a new run.dir or the config it was trained with") from None
-        self._check_best()
-        self.optimizer.load_state_dict(state["optimizer"])
-        self._load_meta_state(state, path)
-
-    def _refuse_fresh_start_over_history(self, problems: list[str]) -> None:
-        """No checkpoint to resume from: a fresh start would overwrite a past run's results, so if run.dir holds
-        any, the user must choose that explicitly (`problems`: why each checkpoint could not be used)."""
-        history = self.run.history()
-        if history == ["metrics.jsonl"] and self._first_row_only():
-            return  # died saving its first checkpoint (the row is written first): a fresh start replays that epoch
-        if history:
-            raise UserError(f"run.dir {self.run.path}: holds a run ({', '.join(history)}) but no checkpoint to "
-                            f"resume from ({'; '.join(problems)}); nothing was changed: to start over, choose a "
-                            "new run.dir (or remove this one)")
-
-    def _first_row_only(self) -> bool:
-        try:
-            return len(self.run.read_metrics()) <= 1
-        except ValueError:  # not our JSON lines: refused as history
-            return False
-
-    def _check_best(self) -> None:
-        """best.pt must load before anything runs: the end of the run evaluates it, and a damaged one found only
-        then would cost the whole resumed run."""
-        best = self.run.checkpoints / "best.pt"
-        if not best.exists():
-            return
-        try:
-            ckpt.read(best)
-        except ckpt.UnsafeCheckpoint:
-            raise
-        except Exception as err:
-            raise UserError(f"{best}: {ckpt.describe_unreadable(err)}; nothing was changed: the best model's weights "
-                            "are lost (`python -m distrib.evaluate RUN_DIR --checkpoint last` still works); "
-                            "to train again, choose a new run.dir") from None
-
-    @property
-    def finished(self) -> bool:
-        return self.progress.epoch > 0 and (self.early.should_stop or self.progress.epoch >= self.cfg.train.epochs)
-
-    def _load_meta_state(self, state: dict, path) -> None:
-        """Everything of a checkpoint but model and optimizer."""
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.early.load_state_dict(state["early_stopping"])
-        self.early.patience = self.cfg.train.patience  # may change on resume: it applies from here on
-        self.early.should_stop = bool(self.early.patience) and self.early.bad_epochs >= self.early.patience
-        self.progress = Progress(**state["progress"])
-        # Rows of epochs after the checkpoint were written by a run that died before saving: drop them.
-        # Rows number epochs from 1 (as the console does); progress.epoch counts the epochs finished.
-        self.metrics = [row for row in self.run.read_metrics() if row["epoch"] <= self.progress.epoch]
-        self.resumed_from = path
-
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **self.meta_state()}
-
-    def meta_state(self) -> dict:
-        return {
-            "scheduler": self.scheduler.state_dict(),
-            "early_stopping": self.early.state_dict(),
-            "progress": vars(self.progress).copy(),
-            # Dropout masks are re-seeded from (seed, rank, epoch) at each epoch start, so this state is
-            # informative: resuming at an epoch boundary reproduces every rank's stream exactly.
-            "rng": {"torch": torch.get_rng_state(), "seed": self.cfg.train.seed},
-            "config": to_dict(self.cfg),
-            "data": {"n_users": self.data.n_users, "n_items": self.data.n_items,
-                     "rating_min": self.data.rating_min, "rating_max": self.data.rating_max},
-        }
-
     # ---- the loop -----------------------------------------------------------------------------------
     def fit(self, tracker) -> dict:
         self.tracker = tracker
@@ -242,25 +166,8 @@ class Trainer:
         perm = epoch_permutation(len(self.train_split), cfg.seed, epoch, self.device)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         bar = EpochProgress(self.env.is_main, len(self.train_split) // batch, f"epoch {epoch + 1}")
-        split = self.train_split
         for idx in rank_batches(perm, batch, env.rank, env.world_size):
-            if self.static_step is not None:
-                sq_sum = self.guard.observe(self.static_step.run(idx), self.progress.step)
-                self.members = self.static_step.members
-                self.scheduler.step()
-                self._after_step(sq_sum, idx, bar)
-                continue
-            users, items = split.users[idx], split.items[idx]
-            with self.autocast:
-                pred = self.ddp(users, items)
-            # pred may be (members, batch) in training (an ensemble): each member's own error, summed
-            self.members = pred.shape[0] if pred.dim() > 1 else 1
-            sq_sum = self.guard.observe((pred.float() - split.ratings[idx]).pow(2).sum(), self.progress.step)
-            loss = sq_sum if self.penalty is None else sq_sum + self.penalty(users, items)
-            self.optimizer.zero_grad(set_to_none=True)
-            (loss * env.world_size).backward()
-            self.optimizer.step()
-            self.scheduler.step()
+            sq_sum = self.train_step(idx)
             total += sq_sum.detach()
             self._after_step(sq_sum, idx, bar)
         bar.close()
@@ -269,6 +176,26 @@ class Trainer:
         self.guard.check()  # before validation and saving: a diverged epoch is never checkpointed
         # Per rating and per member: an ensemble's figure is its members' mean loss, on validation's scale.
         return self._global_mean(total, self.epoch_samples(epoch) * self.members)
+
+    def train_step(self, idx: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on this rank's part `idx` of a global batch; the part's summed squared error."""
+        if self.static_step is not None:  # train.cuda_graph: the captured step (it also sums the epoch's loss)
+            sq_sum = self.guard.observe(self.static_step.run(idx), self.progress.step)
+            self.members = self.static_step.members
+        else:
+            split = self.train_split
+            users, items = split.users[idx], split.items[idx]
+            with self.autocast:
+                pred = self.ddp(users, items)
+            # pred may be (members, batch) in training (an ensemble): each member's own error, summed
+            self.members = pred.shape[0] if pred.dim() > 1 else 1
+            sq_sum = self.guard.observe((pred.float() - split.ratings[idx]).pow(2).sum(), self.progress.step)
+            loss = sq_sum if self.penalty is None else sq_sum + self.penalty(users, items)
+            self.optimizer.zero_grad(set_to_none=True)
+            (loss * self.env.world_size).backward()
+            self.optimizer.step()
+        self.scheduler.step()
+        return sq_sum
 
     def _after_step(self, sq_sum: torch.Tensor, idx: torch.Tensor, bar: EpochProgress) -> None:
         self.progress.step += 1
@@ -290,34 +217,66 @@ class Trainer:
     def evaluate(self, split: DeviceSplit, model: torch.nn.Module | None = None) -> dict:
         return sharded_metrics(model or self.model, split, self.env.rank, self.env.world_size, self.autocast)
 
+    # ---- resume -------------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        state, path, problems = ckpt.load_latest(self.run.checkpoints)
+        if state is None:
+            self.run.refuse_fresh_start(problems or ["no last.pt"])
+            return
+        check_resume(state.get("config", {}), self.cfg, self.run.path)  # before anything is loaded or written
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise UserError(f"run.dir {self.run.path}: {path.name} holds a different model "
+                            f"({ckpt.describe_mismatch(err)}); use a new run.dir or the config it was trained with") from None
+        ckpt.check_best_loads(self.run.checkpoints / "best.pt")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_meta_state(state, path)
+
+    @property
+    def finished(self) -> bool:
+        return self.progress.epoch > 0 and (self.early.should_stop or self.progress.epoch >= self.cfg.train.epochs)
+
+    def _load_meta_state(self, state: dict, path) -> None:
+        """Everything of a checkpoint but model and optimizer."""
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.early.load_state_dict(state["early_stopping"])
+        self.early.patience = self.cfg.train.patience  # may change on resume: it applies from here on
+        self.early.should_stop = bool(self.early.patience) and self.early.bad_epochs >= self.early.patience
+        self.progress = Progress(**state["progress"])
+        # Rows of epochs after the checkpoint were written by a run that died before saving: drop them.
+        # Rows number epochs from 1 (as the console does); progress.epoch counts the epochs finished.
+        self.metrics = [row for row in self.run.read_metrics() if row["epoch"] <= self.progress.epoch]
+        self.resumed_from = path
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **self.meta_state()}
+
+    def meta_state(self) -> dict:
+        return {
+            "scheduler": self.scheduler.state_dict(),
+            "early_stopping": self.early.state_dict(),
+            "progress": vars(self.progress).copy(),
+            # Dropout masks are re-seeded from (seed, rank, epoch) at each epoch start, so this state is
+            # informative: resuming at an epoch boundary reproduces every rank's stream exactly.
+            "rng": {"torch": torch.get_rng_state(), "seed": self.cfg.train.seed},
+            "config": to_dict(self.cfg),
+            "data": {"n_users": self.data.n_users, "n_items": self.data.n_items,
+                     "rating_min": self.data.rating_min, "rating_max": self.data.rating_max},
+        }
+
     # ---- outputs ------------------------------------------------------------------------------------
     def _save(self, improved: bool) -> None:
         if self.env.is_main:
             self.run.write_metrics(self.metrics)  # first: a death before the checkpoint replays this epoch
-            state = self.state_dict()
-            if improved:
-                atomic_torch_save(state, self.run.checkpoints / "best.pt")
-            ckpt.save_last(state, self.run.checkpoints, keep=self.cfg.run.keep_checkpoints)
+            ckpt.save(self.state_dict(), self.run.checkpoints, improved, keep=self.cfg.run.keep_checkpoints)
         if dist.is_initialized():
             dist.barrier()
 
     def _report(self, row: dict, improved: bool) -> None:
-        if not self.env.is_main:
-            return
-        has_val = not math.isnan(row["val_loss"])
-        mark = " *" if improved and has_val else ""
-        val = f" - val: {row['val_loss']:.4f} - val_rmse: {row['val_rmse']:.4f}" if has_val else ""
-        train = "train" if self.members == 1 else f"train (mean of {self.members} members)"
-        log.info("[%03d/%03d] %s: %.4f%s - %.1fs - %.0f samples/s%s", row["epoch"], self.cfg.train.epochs, train,
-                 row["train_loss"], val, row["epoch_seconds"], row["samples_per_s"], mark)
-        metrics = {
-            "epoch": row["epoch"], "train/loss": row["train_loss"], "time/epoch_s": row["epoch_seconds"],
-            "throughput/samples_per_s": row["samples_per_s"], "dist/world_size": self.env.world_size,
-            "device": self.device.type,
-        }
-        if has_val:
-            metrics.update({"val/rmse": row["val_rmse"], "val/mae": row["val_mae"], "val/loss": row["val_loss"]})
-        self.tracker.log_epoch(self.progress.step, metrics)
+        if self.env.is_main:
+            log.info(epoch_line(row, self.cfg.train.epochs, self.members, improved))
+            self.tracker.log_epoch(self.progress.step, epoch_metrics(row, self.env.world_size, self.device.type))
 
     def finish(self) -> dict:
         best_model = self._load_best()
@@ -347,9 +306,7 @@ class Trainer:
         best_model.set_weights(weights)
         best_path = self.run.checkpoints / "best.pt"
         if self.env.is_main and best_path.exists():
-            state = ckpt.read_or_refuse(best_path, map_location="cpu")
-            state["model"] = {key: value.cpu() for key, value in best_model.state_dict().items()}
-            atomic_torch_save(state, best_path)
+            ckpt.replace_model(best_path, best_model.state_dict())
         if dist.is_initialized():
             dist.barrier()
         return {"blend_weights": weights, "blend_val_rmse": self.evaluate(self.val_split, best_model)["rmse"]}
