@@ -10,6 +10,7 @@ import math
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -82,6 +83,21 @@ class TimedTrainer(Trainer):
                                 "val_rmse": row["val_rmse"], "epoch_s": row["epoch_seconds"]})
         if self.reached_s is None and test["rmse"] <= self.target_rmse:
             self.reached_s = at
+
+
+@contextmanager
+def open_trainer(cfg: Config, data: PreparedData, device: str = "cpu"):
+    """distrib's own Trainer in this process (one rank) over a throw-away run directory: benchmarks that time a
+    step call `trainer.train_step(idx)`, the very step the training loop runs."""
+    with tempfile.TemporaryDirectory(prefix="distrib-bench-run-") as tmp:
+        run = RunDir(tmp)
+        run.open()
+        try:
+            trainer = Trainer(cfg, SINGLE, torch.device(device), data, run)
+            trainer.ddp.train()
+            yield trainer
+        finally:
+            run.close()
 
 
 def run_distrib(cfg: Config, data: PreparedData, target_rmse: float = 0.0) -> dict:

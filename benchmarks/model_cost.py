@@ -4,7 +4,8 @@ with and without `model.hide_target`, side by side on one dataset.
     python -m benchmarks.model_cost [--config configs/ml-100k.yaml] [--steps 20] [--rounds 5] [--threads 1]
 
 One process on CPU, the config's data and batch (ml-100k u1, batch 2000 by default), distrib's own model,
-penalty and optimizer: each step is the trainer's (forward, summed squared error + penalty, backward, Adam).
+penalty and optimizer, fp32: each step is `Trainer.train_step` (forward, summed squared error + penalty,
+backward, Adam, schedule).
 The variants are timed in turns, `--steps` steps each per round, so all of them see the same load of a shared
 host; the figure is the median over rounds of CPU milliseconds per step (a busy host's waits left out), and the
 ratio is to the first row, the two-member ensemble (I-AutoRec + MF) the configs shipped before kernelNet.
@@ -13,16 +14,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from contextlib import ExitStack
 
 import numpy as np
 import torch
 
-from benchmarks.harness import DATA_ROOT, REPO
+from benchmarks.harness import DATA_ROOT, REPO, open_trainer
 from distrib.config import load_config
 from distrib.data import load_dataset
-from distrib.models import build_model, build_penalty
 from distrib.training.precision import cpu_description
-from distrib.training.trainer import build_optimizer
 
 VARIANTS = {  # name -> overrides on the config
     "I-AutoRec + MF (before kernelNet)": ["model.members=[autorec,mf]", "model.hide_target=false"],
@@ -41,31 +41,16 @@ VARIANTS = {  # name -> overrides on the config
 
 
 class Stepper:
-    """One variant's model, penalty and optimizer, and a stream of its training batches."""
+    """One variant's Trainer (model, penalty, optimizer, schedule) and a stream of its training batches."""
 
-    def __init__(self, config: str, overrides: list[str], data, seed: int = 0):
-        cfg = load_config(config, [f"data.root={DATA_ROOT}", *overrides])
-        torch.manual_seed(seed)
-        self.model = build_model(cfg.model, data.n_users, data.n_items, data.rating_min, data.rating_max)
-        if self.model.needs_train_ratings:
-            self.model.attach_train(data.train)
-        self.model.train()
-        self.penalty = build_penalty(cfg.model, self.model)
-        self.optimizer = build_optimizer(self.model, cfg, torch.device("cpu"))
-        self.users, self.items, self.ratings = (torch.from_numpy(np.array(a)) for a in
-                                                (data.train.users, data.train.items, data.train.ratings))
+    def __init__(self, config: str, overrides: list[str], data, stack: ExitStack, seed: int = 0):
+        cfg = load_config(config, [f"data.root={DATA_ROOT}", "train.precision=fp32", *overrides])
+        self.trainer = stack.enter_context(open_trainer(cfg, data))
         self.batch = cfg.train.batch_size
         self.generator = torch.Generator().manual_seed(seed)
 
     def step(self) -> None:
-        idx = torch.randint(len(self.ratings), (self.batch,), generator=self.generator)
-        users, items = self.users[idx], self.items[idx]
-        loss = (self.model(users, items) - self.ratings[idx]).pow(2).sum()
-        if self.penalty is not None:
-            loss = loss + self.penalty(users, items)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.trainer.train_step(torch.randint(len(self.trainer.train_split), (self.batch,), generator=self.generator))
 
 
 def main(argv=None) -> None:
@@ -77,7 +62,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = load_dataset(load_config(args.config, [f"data.root={DATA_ROOT}"]).data)
-    steppers = {name: Stepper(args.config, overrides, data) for name, overrides in VARIANTS.items()}
+    stack = ExitStack()
+    steppers = {name: Stepper(args.config, overrides, data, stack) for name, overrides in VARIANTS.items()}
     for stepper in steppers.values():  # warm-up: the allocator, Adam's state
         for _ in range(3):
             stepper.step()
@@ -96,6 +82,7 @@ def main(argv=None) -> None:
     for name, times in per_step.items():
         median = float(np.median(times))
         print(f"| {name} | {1000 * median:.1f} | {median / reference:.2f} |")
+    stack.close()
 
 
 if __name__ == "__main__":
