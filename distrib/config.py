@@ -203,6 +203,8 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = option("auto", "auto: cuda when available", changeable=True)
     log_every_steps: int = option(50, "step logging and NaN check interval (host syncs)",
                                   ge=1, changeable=True)
+    log_every_s: float = option(30.0, "where the log is not a terminal (SLURM, nohup): a progress line every this "
+                                      "many seconds of an epoch; 0: none", ge=0.0, changeable=True)
 
     def __post_init__(self):
         super().__post_init__()

@@ -165,11 +165,13 @@ class Trainer:
         self.ddp.train()
         perm = epoch_permutation(len(self.train_split), cfg.seed, epoch, self.device)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        bar = EpochProgress(self.env.is_main, len(self.train_split) // batch, f"epoch {epoch + 1}")
+        bar = EpochProgress(self.env.is_main, len(self.train_split) // batch, epoch + 1, cfg.epochs, batch,
+                            cfg.log_every_s)
         for idx in rank_batches(perm, batch, env.rank, env.world_size):
             sq_sum = self.train_step(idx)
             total += sq_sum.detach()
-            self._after_step(sq_sum, idx, bar)
+            self._after_step(sq_sum, idx)
+            bar.update(total, idx.numel() * self.members)  # reads total only when a line is due
         bar.close()
         if self.static_step is not None:
             total = self.static_step.take_total()  # summed inside the captured step
@@ -197,9 +199,8 @@ class Trainer:
         self.scheduler.step()
         return sq_sum
 
-    def _after_step(self, sq_sum: torch.Tensor, idx: torch.Tensor, bar: EpochProgress) -> None:
+    def _after_step(self, sq_sum: torch.Tensor, idx: torch.Tensor) -> None:
         self.progress.step += 1
-        bar.update()
         if self.progress.step % self.cfg.train.log_every_steps == 0:  # the only host sync inside the epoch
             self.guard.check()
             self._log_step(sq_sum, idx.numel() * self.members)  # per rating and member, as the epoch figure
