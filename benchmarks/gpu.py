@@ -2,6 +2,7 @@
 
     python -m benchmarks.gpu [--parts hot-loop ddp e2e cpu] [--data-root DIR] [--out DIR]
     python -m benchmarks.gpu --parts hot-loop --device cpu --sizes ml-100k --variants fp32   # a CPU smoke test
+    python -m benchmarks.gpu --parts large-batch --device cpu   # the large-batch part's CPU smoke test
 
 Parts (each in its own time limit; logs and figures under --out):
 - hot-loop: the GPU's measured fp32/tf32/bf16 matmul rates, then per size and variant samples/s of the training
@@ -10,8 +11,11 @@ Parts (each in its own time limit; logs and figures under --out):
   files needed); ml-25m size means its embedding tables (162,541 users, 59,047 items: 33 M of the model's 34 M
   parameters, updated densely every step); the timed epoch covers `--ratings` random ratings of that id space,
   since the step cost does not depend on the epoch's length.
-- large-batch: the article's model at ml-25m's shape, global batch 2k/32k/256k, eager against the captured step
-  (train.cuda_graph): samples/s and share of the bf16 rate (`benchmarks.gpu_large_batch`).
+- large-batch: the article's model at ml-25m's shape (its embedding tables, all updated by Adam every step),
+  global batch 2k/32k/256k, eager against the captured step (train.cuda_graph): samples/s, ms/step and the share
+  of the measured 8192^3 matmul rate in the precision trained in (train.precision=auto, bf16 on a GPU that has
+  it). Each timed epoch covers --steps random batches of that id space; a first, untimed epoch warms up (and
+  captures the graph). With --device cpu: ml-100k's id space, batches 256 and 512, tiny epochs (a smoke test).
 - ddp: a 1-process NCCL DDP run under torchrun: ms/step with and without gradient sync, all_reduce of the grads.
 - e2e: the real job end to end on CUDA under torchrun (NCCL, bf16): the quick start, then configs/ml-100k.yaml
   (I-AutoRec + MF with its refit phase) on ml-100k u1 from --data-root.
@@ -36,6 +40,7 @@ import torch
 from benchmarks.harness import REPO, SINGLE, article_config, fmt_rate, time_call, time_epochs, train_flops_per_sample
 from distrib.checkpoint.rundir import RunDir
 from distrib.data import PreparedData, RatingSplit
+from distrib.training.precision import cpu_description, resolve_precision
 from distrib.training.trainer import Trainer
 
 SIZES = {"ml-100k": (943, 1682, 100_000), "ml-25m": (162_541, 59_047, 25_000_095)}
@@ -141,6 +146,63 @@ def hot_loop(args) -> None:
     print("JSON " + json.dumps({"rates": rates, "rows": rows}))
 
 
+LARGE_BATCH_VARIANTS = {"eager": [], "graphed": ["train.cuda_graph=true"]}
+
+
+def time_batch(data: PreparedData, batch: int, variant: str, device: torch.device, epochs: int) -> dict:
+    cfg = article_config(f"train.batch_size={batch}", "train.patience=0", "train.log_every_steps=1000000",
+                         f"train.device={device.type}", *LARGE_BATCH_VARIANTS[variant])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with tempfile.TemporaryDirectory(prefix="distrib-gpu-batch-") as tmp:
+        run = RunDir(tmp)
+        run.open()
+        try:
+            trainer = Trainer(cfg, SINGLE, device, data, run)
+            warm_s, seconds = time_epochs(trainer, epochs, sync)
+        finally:
+            run.close()
+    steps = trainer.steps_per_epoch * epochs
+    return {"batch": batch, "variant": variant, "precision": trainer.precision,
+            "samples_per_s": steps * batch / seconds, "step_ms": 1e3 * seconds / steps, "warmup_s": warm_s,
+            "flops_per_sample": train_flops_per_sample(cfg)}
+
+
+def cpu_rates(n: int = 512) -> dict:
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = (torch.randn(n, n, dtype=dtype) for _ in range(2))
+        rates[name] = 2 * n ** 3 / time_call(lambda: a @ b, repeat=3, warmup=1)
+    return rates
+
+
+def large_batch(args) -> None:
+    if args.device == "cpu":  # the smoke test: small shapes, so that it checks the part works in a few minutes
+        device, (n_users, n_items, _) = torch.device("cpu"), SIZES["ml-100k"]
+        batches, steps, epochs = [256, 512], 2, 1
+        print(f"smoke run on {cpu_description()}; torch {torch.__version__}", flush=True)
+        rates = cpu_rates()
+    else:
+        device, (n_users, n_items, _) = torch.device("cuda", torch.cuda.current_device()), SIZES["ml-25m"]
+        batches, steps, epochs = args.batches, args.steps, 2
+        print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}", flush=True)
+        rates = gpu_rates()
+    print("measured matmul rates: " + ", ".join(f"{k} {fmt_rate(v)}" for k, v in rates.items()), flush=True)
+    print(f"precision: train.precision=auto -> {resolve_precision('auto', device)}", flush=True)
+    rows = []
+    for batch in batches:
+        data = synthetic(n_users, n_items, batch * steps)
+        for variant in LARGE_BATCH_VARIANTS:
+            r = time_batch(data, batch, variant, device, epochs)
+            achieved = r["samples_per_s"] * r["flops_per_sample"]
+            r["share"] = achieved / rates[r["precision"]]  # of the measured rate in the precision it trained in
+            rows.append(r)
+            print(f"batch {batch:7d} {variant:8s} {r['precision']}: {r['samples_per_s']:14,.0f} samples/s "
+                  f"{r['step_ms']:8.2f} ms/step {fmt_rate(achieved):>14s} = {100 * r['share']:6.2f}% of the "
+                  f"{r['precision']} rate (warm-up epoch {r['warmup_s']:.1f}s)", flush=True)
+        del data
+    print("JSON " + json.dumps({"rates": rates, "rows": rows}))
+
+
 FIGURES = ("batch ", "world size", "done:", "refit:", "samples/s", "speedup", "x loop", "ranks", "article loop", "distrib ",
            "sync", "DDP nccl", "measured matmul")
 
@@ -174,7 +236,9 @@ def run_parts(args) -> int:
         "hot-loop": lambda: step("hot-loop", 200, [py, "-m", "benchmarks.gpu", "--hot-loop", "--device", args.device,
                                                    "--sizes", *args.sizes, "--variants", *args.variants,
                                                    "--ratings", str(args.ratings)], out),
-        "large-batch": lambda: step("large-batch", 240, [py, "-m", "benchmarks.gpu_large_batch"], out),
+        "large-batch": lambda: step("large-batch", 240, [py, "-m", "benchmarks.gpu", "--large-batch",
+                                                         "--device", args.device, "--steps", str(args.steps),
+                                                         "--batches", *map(str, args.batches)], out),
         "ddp": lambda: step("ddp", 90, [*torchrun, "-m", "benchmarks.gpu", "--ddp", "--sizes", *args.sizes], out),
         "e2e": lambda: step("quickstart-cuda", 150, [*torchrun, "-m", "distrib.train", "configs/quickstart.yaml",
                                                      "train.device=cuda", "train.precision=bf16",
@@ -202,14 +266,20 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=["fp32", "bf16", "bf16+compile"], choices=list(VARIANTS))
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--ratings", type=int, default=1_000_000, help="ratings in the timed epochs (ml-25m size)")
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a smoke test of hot-loop")
+    parser.add_argument("--batches", nargs="+", type=int, default=[2000, 32000, 256000], help="large-batch part")
+    parser.add_argument("--steps", type=int, default=40, help="large-batch part: steps per timed epoch")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                        help="cpu: a smoke test of hot-loop and large-batch")
     parser.add_argument("--hot-loop", action="store_true", help=argparse.SUPPRESS)  # the hot-loop part, in-process
     parser.add_argument("--ddp", action="store_true", help=argparse.SUPPRESS)  # the ddp part's torchrun worker
+    parser.add_argument("--large-batch", action="store_true", help=argparse.SUPPRESS)  # the large-batch part
     args = parser.parse_args()
     if args.ddp:
         return ddp_main(args) or 0
     if args.hot_loop:
         return hot_loop(args) or 0
+    if args.large_batch:
+        return large_batch(args) or 0
     try:
         subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
                        check=False, timeout=30)

@@ -74,9 +74,9 @@ def test_static_step_on_cpu_trains_exactly_like_the_plain_loop(tmp_path):
 
 
 @pytest.mark.slow
-def test_gpu_large_batch_script_runs_in_its_cpu_smoke_mode():
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_large_batch", "--smoke"], cwd=REPO, env=clean_env(),
-                          capture_output=True, text=True, timeout=240)
+def test_gpu_benchmarks_large_batch_part_runs_in_its_cpu_smoke_mode():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--large-batch", "--device", "cpu"], cwd=REPO,
+                          env=clean_env(), capture_output=True, text=True, timeout=240)
     check_ok(proc)
     rows = json.loads(proc.stdout.split("JSON ", 1)[1])["rows"]
     assert [(r["batch"], r["variant"]) for r in rows] == [(256, "eager"), (256, "graphed"), (512, "eager"),
