@@ -106,19 +106,29 @@ def from_main(value):
     return value
 
 
-def open_run_dir(path, env: DistEnv):
-    """Rank 0 checks and locks run.dir (nothing in it is touched yet); every rank learns the verdict."""
-    from distrib.checkpoint.rundir import RunDir
-
-    run_dir = RunDir(path)
+def on_main(action, env: DistEnv) -> None:
+    """Rank 0 runs `action` (a check of run.dir); every rank learns its verdict."""
     error = None
     if env.is_main:
         try:
-            run_dir.open()
+            action()
         except UserError as err:
             error = str(err)
     agree(error)
-    return run_dir
+
+
+def open_run_dir(cfg: Config, env: DistEnv):
+    """run.dir checked, then the data loaded (which may download), then run.dir created and locked by rank 0
+    (nothing in it is touched yet): a bad run.dir answers before a long download, and a failed download or a
+    bad ratings file leaves no run.dir behind."""
+    from distrib.checkpoint.rundir import RunDir
+    from distrib.data import load_dataset
+
+    run_dir = RunDir(cfg.run.dir)
+    on_main(run_dir.check, env)
+    data = load_dataset(cfg.data)
+    on_main(run_dir.open, env)
+    return run_dir, data
 
 
 def finished_summary(trainer, run_dir) -> dict | None:
@@ -132,15 +142,13 @@ def finished_summary(trainer, run_dir) -> dict | None:
     return from_main(summary)
 
 
-def run(cfg: Config, env: DistEnv, device, run_dir) -> tuple[dict, bool]:
-    """One training phase in run_dir (opened and locked by the caller): its summary, and whether it had finished
-    before. A finished run prints one line and touches nothing."""
-    from distrib.data import load_dataset
+def run(cfg: Config, env: DistEnv, device, run_dir, data) -> tuple[dict, bool]:
+    """One training phase on `data` in run_dir (opened and locked by the caller): its summary, and whether it had
+    finished before. A finished run prints one line and touches nothing."""
     from distrib.parallel.distributed import host_count
     from distrib.report.tracking import build_tracker
     from distrib.training.trainer import Trainer
 
-    data = load_dataset(cfg.data)
     if cfg.dist.embedding_sharding != "none":  # tables sharded across ranks with TorchRec
         from distrib.training.sharded_trainer import ShardedTrainer as Trainer  # noqa: N814
     trainer = Trainer(cfg, env, device, data, run_dir)  # resumes, or refuses a mismatched or damaged checkpoint
@@ -172,20 +180,20 @@ def run(cfg: Config, env: DistEnv, device, run_dir) -> tuple[dict, bool]:
 def train_job(cfg: Config, env: DistEnv, device) -> None:
     """Both phases under run.dir's lock, held from the first check to the last write (train.refit's second
     phase also locks run.dir/refit, so a job started on that directory alone is refused too)."""
-    run_dir = open_run_dir(cfg.run.dir, env)
+    run_dir, data = open_run_dir(cfg, env)
     try:
-        summary, was_done = run(cfg, env, device, run_dir)
+        summary, was_done = run(cfg, env, device, run_dir, data)
         if cfg.train.refit:
             first = summary.get("phase1", summary)  # a finished job's summary.json is already the combined one
             refit = refit_config(cfg, first["best_epoch"], first.get("blend_weights"))
-            refit_dir = open_run_dir(refit.run.dir, env)
+            refit_dir, refit_data = open_run_dir(refit, env)
             try:
                 if env.is_main and not was_done:
                     # A requeued job passes through the finished first phase quickly (it resumes as finished),
                     # then resumes this one from run.dir/refit's own checkpoints.
                     log.info("refit: training on training + validation ratings for %s in %s",
                              plural(first["best_epoch"], "epoch"), refit.run.dir)
-                second, refit_done = run(refit, env, device, refit_dir)
+                second, refit_done = run(refit, env, device, refit_dir, refit_data)
             finally:
                 refit_dir.close()
             was_done = was_done and refit_done

@@ -138,6 +138,23 @@ def test_bad_input_is_one_line_and_leaves_the_run_dir_intact(tmp_path, extra, fr
     assert _tree_digest(tmp_path / "run") == before
 
 
+@pytest.mark.parametrize("nproc", [0, 2])
+def test_a_failed_download_leaves_no_run_dir_behind(tmp_path, nproc):
+    """Nothing to resume and nothing written: run.dir (its .lock, an empty checkpoints/) is created only once
+    the data is ready."""
+    proc = train_cli(tiny(tmp_path, "runs/new", "data.name=ml-100k", "data.base_url=http://127.0.0.1:9/none"),
+                     nproc=nproc, timeout=120)
+    assert proc.returncode != 0 and "ml-100k" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_unwritable_run_dir_is_refused_before_the_data_is_prepared(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    proc = train_cli(tiny(tmp_path, "file/run"))
+    assert proc.returncode == 2 and "run.dir" in proc.stderr and "is not a directory" in proc.stderr, proc.stderr
+    assert not (tmp_path / "data").exists()  # the synthetic data was never generated nor cached
+
+
 def test_a_second_job_on_the_same_run_dir_is_refused(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -24,6 +24,18 @@ class RunDir:
         self.plots = self.path / "plots"
         self._lock = FileLock(self.path / LOCK_NAME)
 
+    def check(self) -> None:
+        """What open() would refuse, found without creating anything: the entry point asks this before the data
+        is downloaded and prepared, and creates run.dir only once the data is ready, so a failed download leaves
+        no run.dir (nor its .lock and checkpoints/) behind. Raises UserError with one line."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"run.dir {self.path}: exists and is not a directory")
+        nearest = next(folder for folder in (self.path, *self.path.parents) if folder.exists())
+        if not nearest.is_dir():
+            raise UserError(f"run.dir {self.path}: {nearest} is not a directory")
+        if not os.access(nearest, os.W_OK | os.X_OK):  # a read-only mount answers EROFS here even for root
+            raise UserError(f"run.dir {self.path}: not writable ({nearest} is read-only to this user)")
+
     def open(self) -> None:
         """Create, check writable and free space, take the lock. Raises UserError with one line."""
         if self.path.exists() and not self.path.is_dir():

@@ -28,9 +28,15 @@ def test_ml100k_other_canonical_splits(data_root, tmp_path, split):
 
 
 def test_ml100k_random_80_20(data_root, tmp_path):
+    before = listing(data_root)  # a root that training has used holds a cache/ of its own: it stays as it was
     data = load_dataset(cfg_for(tmp_path, name="ml-100k", root=str(data_root), test_fraction=0.2, val_fraction=0.1))
     assert (len(data.train), len(data.val), len(data.test)) == (72_000, 8_000, 20_000)
-    assert not list(data_root.glob("cache"))  # the read-only data root was left alone
+    assert listing(data_root) == before  # data.cache_dir took the prepared arrays; the data root was left alone
+    assert data.cache_dir.parent == tmp_path / "cache"
+
+
+def listing(root):
+    return sorted((p.relative_to(root).as_posix(), p.stat().st_mtime_ns) for p in root.rglob("*"))
 
 
 def test_ml_latest_small(data_root, tmp_path):
