@@ -122,8 +122,9 @@ class KernelNetConfig(Section):
 @dataclass
 class ModelConfig(Section):
     KEY: ClassVar[str] = "model"
-    name: Literal["embeddingnet", "mf", "autorec", "uautorec", "kernelnet", "ensemble"] = option(
-        "embeddingnet", "the article's MLP, biased MF, I-/U-AutoRec, kernelNet, or an ensemble of them")
+    name: Literal["embeddingnet", "mf", "bias", "autorec", "uautorec", "kernelnet", "ensemble"] = option(
+        "embeddingnet", "the article's MLP, biased MF, the baseline (mean + user and movie biases), I-/U-AutoRec, "
+                        "kernelNet, or an ensemble of them")
     n_factors: int = option(50, "embedding size (embeddingnet, mf)", ge=1)
     hidden: list[int] = option([100, 100], "hidden layer sizes (embeddingnet)", ge=1)
     dropouts: list[float] = option([0.2, 0.2], "dropout after each hidden layer (fewer rates: the last layers "

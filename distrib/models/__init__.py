@@ -2,7 +2,8 @@
 
     model = build_model(cfg.model, n_users, n_items, rating_min, rating_max)
 
-embeddingnet (the article's, the default), mf (biased matrix factorisation), autorec (I-AutoRec), uautorec
+embeddingnet (the article's, the default), mf (biased matrix factorisation), bias (the baseline: global
+mean + user and movie biases), autorec (I-AutoRec), uautorec
 (U-AutoRec), kernelnet (Sparse FC, GLocal-K's local part) and ensemble (members trained side by side,
 predictions blended). Every model is a `RatingModel`: the trainer asks it what it needs
 (`needs_train_ratings`, `owns_penalty`, `embedding_tables()`), never its class.
@@ -15,6 +16,7 @@ from typing import Callable
 from distrib.config import ModelConfig
 from distrib.models.autorec import IAutoRec, UAutoRec
 from distrib.models.base import RatingModel
+from distrib.models.bias import BiasBaseline
 from distrib.models.embeddingnet import EmbeddingNet
 from distrib.models.ensemble import Ensemble
 from distrib.models.kernelnet import KernelNet
@@ -33,6 +35,10 @@ def _embeddingnet(cfg: ModelConfig, n_users: int, n_items: int, rating_min: floa
 
 def _mf(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, rating_max: float) -> RatingModel:
     return BiasedMF(n_users, n_items, cfg.n_factors, rating_min, rating_max)
+
+
+def _bias(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, rating_max: float) -> RatingModel:
+    return BiasBaseline(n_users, n_items, rating_min, rating_max)
 
 
 def _autorec(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, rating_max: float) -> RatingModel:
@@ -58,7 +64,7 @@ def _ensemble(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float, r
 
 
 MODELS: dict[str, Callable[..., RatingModel]] = {
-    "embeddingnet": _embeddingnet, "mf": _mf, "autorec": _autorec, "uautorec": _uautorec,
+    "embeddingnet": _embeddingnet, "mf": _mf, "bias": _bias, "autorec": _autorec, "uautorec": _uautorec,
     "kernelnet": _kernelnet, "ensemble": _ensemble,
 }
 
@@ -68,5 +74,5 @@ def build_model(cfg: ModelConfig, n_users: int, n_items: int, rating_min: float,
     return MODELS[cfg.name](cfg, n_users, n_items, rating_min, rating_max)
 
 
-__all__ = ["MODELS", "BiasedMF", "EmbeddingNet", "Ensemble", "IAutoRec", "KernelNet", "RatingModel", "UAutoRec",
+__all__ = ["MODELS", "BiasBaseline", "BiasedMF", "EmbeddingNet", "Ensemble", "IAutoRec", "KernelNet", "RatingModel", "UAutoRec",
            "build_model", "build_penalty"]

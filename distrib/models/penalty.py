@@ -35,9 +35,11 @@ def build_penalty(cfg: ModelConfig, model: RatingModel) -> Penalty | None:
     def penalty(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         # Tables looked up at each call: sharded tables (distrib.parallel.sharding) take their place after this is built
         tables = model.embedding_tables()
-        user, movie = tables["user"], tables["movie"]
+        user, movie = tables.get("user"), tables.get("movie")
         user_bias, movie_bias = tables.get("user_bias"), tables.get("movie_bias")
-        total = factor_reg * (user(users).float().pow(2).sum() + movie(items).float().pow(2).sum())
+        total = torch.zeros((), device=users.device)
+        if factor_reg and user is not None and movie is not None:  # the baseline (bias) has no factors
+            total = factor_reg * (user(users).float().pow(2).sum() + movie(items).float().pow(2).sum())
         if bias_reg and user_bias is not None and movie_bias is not None:
             total = total + bias_reg * (user_bias(users).float().pow(2).sum() + movie_bias(items).float().pow(2).sum())
         return total
