@@ -1,16 +1,13 @@
-"""The article's plain single-process training loop, written as the article writes it: the throughput baseline.
-
-    python -m benchmarks.article_baseline [--epochs 100] [--quick]
+"""The article's plain single-process training loop, written as the article writes it: the throughput baseline
+that `benchmarks.throughput` runs beside distrib (`--variants` with no name runs it alone).
 
 numpy permutation per epoch, batches of 2000 (last partial batch dropped), LongTensor/FloatTensor made from
 numpy each step, MSELoss(reduction='sum'), Adam (lr 1e-3, wd 1e-5), the cosine schedule restarting every 2
 epochs stepped per batch, early stopping with patience 10 on validation, fp32, nn.Dropout, `loss.item()`
 every step. The data are distrib's prepared ml-100k u1 arrays (train/val/test), so RMSEs are comparable.
-Prints per-epoch lines, samples/s and the test RMSE of the best-validation weights.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import time
@@ -18,8 +15,6 @@ import time
 import numpy as np
 import torch
 from torch import nn
-
-from benchmarks.harness import article_config, load_article_data
 
 
 class ArticleEmbeddingNet(nn.Module):
@@ -139,17 +134,3 @@ def train_article(data, epochs: int = 100, patience: int = 10, bs: int = 2000, l
             "epochs": epochs_run, "val_rmse": math.sqrt(best_loss), "reached_s": reached_s,
             "test_rmse": evaluate_rmse(net, x_test, y_test, minmax)}
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--quick", action="store_true", help="3 epochs: a throughput figure only")
-    args = parser.parse_args()
-    data = load_article_data(article_config())
-    result = train_article(data, epochs=3 if args.quick else args.epochs)
-    print(f"article loop: {result['samples_per_s']:.0f} samples/s, {result['epochs']} epochs in {result['total_s']:.1f}s, "
-          f"best epoch {result['best_epoch']}, test RMSE {result['test_rmse']:.4f}")
-
-
-if __name__ == "__main__":
-    main()

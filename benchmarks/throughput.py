@@ -3,6 +3,7 @@
     python -m benchmarks.throughput --quick                 # ~1 min: 3 epochs each, samples/s only
     python -m benchmarks.throughput                         # ~3 min: every variant to early stopping
     python -m benchmarks.throughput --variants fp32 bf16 bf16+compile
+    python -m benchmarks.throughput --quick --variants      # the article loop alone
 
 The article's configuration (configs/ml-100k-article.yaml) on ml-100k u1, one process, default threads. Prints this
 machine's measured fp32 and bf16 matmul rates; then per variant: samples/s, the ratio to the article loop run
@@ -51,7 +52,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 epochs per variant: throughput only")
     parser.add_argument("--epochs", type=int, default=0, help="cap epochs (default: 3 with --quick, else 100)")
-    parser.add_argument("--variants", nargs="+", default=["auto", "fp32", "bf16"], choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", default=["auto", "fp32", "bf16"], choices=list(VARIANTS),
+                        help="distrib's variants to run after the article loop (none: the loop alone)")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--target-rmse", type=float, default=0.0,
                         help="with --no-baseline: report the time to this test RMSE (an earlier loop's result)")
