@@ -148,6 +148,12 @@ def test_a_failed_download_leaves_no_run_dir_behind(tmp_path, nproc):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_start_that_fails_before_writing_anything_removes_the_run_dir_it_created(tmp_path):
+    proc = train_cli(tiny(tmp_path, "run", "train.batch_size=100000"))
+    assert proc.returncode == 2 and "larger than the training split" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_unwritable_run_dir_is_refused_before_the_data_is_prepared(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     proc = train_cli(tiny(tmp_path, "file/run"))

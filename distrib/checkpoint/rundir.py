@@ -23,6 +23,7 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.plots = self.path / "plots"
         self._lock = FileLock(self.path / LOCK_NAME)
+        self.created = False  # whether open() created run.dir (close() removes it again if nothing was written)
 
     def check(self) -> None:
         """What open() would refuse, found without creating anything: the entry point asks this before the data
@@ -40,6 +41,7 @@ class RunDir:
         """Create, check writable and free space, take the lock. Raises UserError with one line."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"run.dir {self.path}: exists and is not a directory")
+        self.created = not self.path.exists()
         try:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".write-probe.{os.getpid()}"
@@ -87,7 +89,24 @@ class RunDir:
             return False
 
     def close(self) -> None:
+        """Release the lock. A run.dir that open() created and that holds nothing but the lock and an empty
+        checkpoints/ (the job failed before writing anything, e.g. a batch larger than the data) is removed
+        first, while the lock is still held, so a failed start leaves nothing behind."""
+        if self.created and self._untouched():
+            (self.path / LOCK_NAME).unlink(missing_ok=True)
+            for folder in (self.checkpoints, self.path):
+                try:
+                    folder.rmdir()
+                except OSError:  # something appeared meanwhile: keep it
+                    break
         self._lock.release()
+
+    def _untouched(self) -> bool:
+        try:
+            return (set(os.listdir(self.path)) <= {LOCK_NAME, self.checkpoints.name}
+                    and not any(self.checkpoints.iterdir()))
+        except OSError:
+            return False
 
     def write_text(self, name: str, text: str) -> None:
         atomic_write_text(self.path / name, text)
