@@ -20,7 +20,7 @@ import numpy as np
 
 from distrib.data.types import PreparedData, RatingSplit
 
-CACHE_VERSION = 2  # bump when the layout or the preparation changes
+CACHE_VERSION = 3  # bump when the layout or the preparation changes
 SPLITS = ("train", "val", "test")
 FIELDS = ("users", "items", "ratings", "timestamps")
 META = "meta.json"

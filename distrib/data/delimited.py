@@ -6,6 +6,7 @@ so a clean file never pays for the diagnosis.
 """
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,10 @@ from distrib.errors import UserError
 SEP_NAMES = {"tab": "\t", "comma": ",", "space": " ", "whitespace": " ", "::": "::"}
 COLUMNS = ("user", "item", "rating", "timestamp")
 _SNIFF_BYTES = 1 << 16
+# A byte-order mark names the file's encoding whatever the reader expected (spreadsheets save "Unicode text"
+# as UTF-16 with one). UTF-32's marks begin with UTF-16's, so they are tried first.
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
 
 def check_file(path: Path, what: str = "ratings file") -> None:
@@ -37,6 +42,7 @@ def read_table(path: Path, sep: str = "auto", header: bool | None = None, *, int
     `int_ids` requires non-negative integer ids (MovieLens layouts); otherwise ids may be any string.
     """
     check_file(path)
+    encoding = _encoding(path, encoding)
     first_fields, sep = _sniff(path, sep, encoding)
     if header is None:
         header = not _is_number(first_fields[2]) and not (_is_number(first_fields[0]) and _is_number(first_fields[1]))
@@ -47,6 +53,20 @@ def read_table(path: Path, sep: str = "auto", header: bool | None = None, *, int
         raise UserError(f"{path}: header only, no ratings")
     _validate(df, path, first_line, int_ids)
     return df, first_line
+
+
+def _encoding(path: Path, expected: str) -> str:
+    """The encoding a byte-order mark names, else `expected`; NUL bytes without a mark are UTF-16 or UTF-32
+    text that no reader can tell apart from binary, so the user is asked to save it with a mark or as UTF-8."""
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    for bom, name in BOMS:
+        if head.startswith(bom):
+            return name
+    if b"\x00" in head:
+        raise UserError(f"{path}: NUL bytes in the text: UTF-16 or UTF-32 without a byte-order mark? "
+                        "save it as UTF-8 (or as UTF-16 with its mark)")
+    return expected
 
 
 def _sniff(path: Path, sep: str, encoding: str) -> tuple[list[str], str]:
@@ -121,6 +141,13 @@ def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
 def _undecodable(path: Path, encoding: str) -> str:
     """Which line is not valid text: ids that differ only in accents (café, cafè in latin-1) must never be
     decoded to one replacement character and merged into one user."""
+    if encoding in ("utf-16", "utf-32"):  # a newline is several bytes here: decode the whole text to find the line
+        data = path.read_bytes()
+        try:
+            data.decode(encoding)
+        except UnicodeDecodeError as err:
+            line = data[:err.start].decode(encoding, errors="replace").count("\n") + 1
+            return f"{path}: line {line} is not valid {encoding.upper()} (at byte {err.start}); save the file again"
     with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
             try:

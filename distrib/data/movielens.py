@@ -44,7 +44,9 @@ def read_file(path: Path, sep: str) -> RawRatings:
 def _to_raw(df: pd.DataFrame, source: str, first_line: int, scale) -> RawRatings:
     ts = df["timestamp"].to_numpy(np.int64) if "timestamp" in df else None
     users, items = (_id_array(df[c]) for c in ("user", "item"))
-    return RawRatings(users=users, items=items, ratings=df["rating"].to_numpy(np.float32),
+    with np.errstate(over="ignore"):  # a rating beyond float32 becomes inf, refused with its line by resolve_scale
+        ratings = df["rating"].to_numpy(np.float32)
+    return RawRatings(users=users, items=items, ratings=ratings,
                       timestamps=ts, source=source, scale=scale, first_line=first_line)
 
 

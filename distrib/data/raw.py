@@ -8,6 +8,11 @@ import numpy as np
 
 from distrib.errors import UserError
 
+# The largest rating magnitude taken as a rating scale. Scales in use are a handful of levels (0.5-5, 1-10,
+# 0-100); a value far beyond them is a broken line (a price, an id, a timestamp in the rating column) that
+# would only make the loss overflow float32 (a squared error of 1e30 is inf) and the run end in NaN.
+RATING_LIMIT = 1e6
+
 
 @dataclass
 class RawRatings:
@@ -37,6 +42,12 @@ def resolve_scale(raw: RawRatings, rating_min: float | None, rating_max: float |
     hi = float(rating_max) if rating_max is not None else base[1]
     if lo >= hi and (declared or raw.scale):
         raise UserError(f"data.rating_min/rating_max: need rating_min < rating_max, got [{lo}, {hi}]")
+    for key, value in (("data.rating_min", rating_min), ("data.rating_max", rating_max)):
+        if value is not None and abs(value) > RATING_LIMIT:
+            raise UserError(f"{key}={value:g} cannot be a rating scale's end: ratings must lie within "
+                            f"[-{RATING_LIMIT:g}, {RATING_LIMIT:g}]")
+    if not declared:
+        _refuse_off_scale(raw)
     outside = (raw.ratings < lo) | (raw.ratings > hi)
     n_out = int(outside.sum())
     if n_out:
@@ -45,3 +56,14 @@ def resolve_scale(raw: RawRatings, rating_min: float | None, rating_max: float |
         raise UserError(f"{raw.source}: {n_out} ratings outside the {'declared ' if declared else ''}scale "
                         f"[{lo:g}, {hi:g}], {where} (value {float(raw.ratings[first]):g})")
     return lo, hi
+
+
+def _refuse_off_scale(raw: RawRatings) -> None:
+    """A scale taken from the data must look like one: every rating finite and within RATING_LIMIT of zero."""
+    off = ~(np.abs(raw.ratings) <= RATING_LIMIT)  # also catches inf: a float64 rating beyond float32's range
+    if off.any():
+        first = int(np.argmax(off))
+        where = f"line {first + raw.first_line}" if raw.is_test is None else "one line"
+        raise UserError(f"{raw.source}: rating {float(raw.ratings[first]):g} at {where} cannot be on a rating "
+                        f"scale ({int(off.sum())} such; ratings must lie within [-{RATING_LIMIT:g}, "
+                        f"{RATING_LIMIT:g}]): fix or remove those lines")

@@ -39,6 +39,11 @@ def _raises(fn, *needles):
     ("1,1,4\n2,1\n", ["missing rating at line 2"]),
     ("1,1,4\n2,1,3,4,5\n", []),  # not a mistake: extra trailing columns are ignored
     ("1,1,4,100\n2,1,3,yesterday\n", ["non-numeric timestamp 'yesterday' at line 2"]),
+    ("1,1,4\n2,1,1e30\n", ["rating 1e+30 at line 2 cannot be on a rating scale", "[-1e+06, 1e+06]"]),
+    ("1,1,4\n2,1,1e40\n", ["rating inf at line 2 cannot be on a rating scale"]),  # beyond float32
+    ("1,1,-1000\n2,1,250000\n", []),  # not a mistake: an unusual scale, but one
+    ("1,1,4\n".encode("utf-16-le") + "2,1,3\n".encode("utf-16-le"), ["NUL bytes", "UTF-16", "byte-order mark"]),
+    ("1,1,4\n2,1,3\n".encode("utf-16") + b"A", ["line 3 is not valid UTF-16"]),
 ])
 def test_bad_delimited_files(tmp_path, text, needles):
     path, load = _load_file(tmp_path, text)
@@ -89,6 +94,13 @@ def test_movielens_rating_outside_its_scale(tmp_path):
 def test_declared_scale_violation_names_file_and_count(tmp_path):
     path, load = _load_file(tmp_path, "1,1,4\n2,1,6\n3,1,9\n", rating_min=1, rating_max=5)
     _raises(load, str(path), "2 ratings outside the declared scale [1, 5]", "first at line 2")
+
+
+@pytest.mark.parametrize("key", ["rating_min", "rating_max"])
+def test_declared_scale_end_beyond_any_rating_scale(tmp_path, key):
+    bounds = {"rating_min": 1, "rating_max": 5} | {key: 1e30 if key == "rating_max" else -1e30}
+    _, load = _load_file(tmp_path, "1,1,4\n2,1,3\n", **bounds)
+    _raises(load, f"data.{key}=", "cannot be a rating scale's end")
 
 
 def test_duplicates_error_policy(tmp_path):

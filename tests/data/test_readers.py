@@ -94,6 +94,15 @@ def test_file_any_scale_taken_from_data_and_string_ids_encoded(tmp_path):
     assert data.test is not None and len(data.train) + len(data.test) == 4
 
 
+@pytest.mark.parametrize("encoding, bom", [("utf-8-sig", b""), ("utf-16", b""), ("utf-16-be", b"\xfe\xff"),
+                                           ("utf-32", b"")])
+def test_file_with_a_byte_order_mark_is_read_in_its_encoding(tmp_path, encoding, bom):
+    path = tmp_path / "ratings.csv"
+    path.write_bytes(bom + "user,item,rating\n1,Amélie,4.5\n2,Amélie,3\n2,Heat,1\n".encode(encoding))
+    raw = read_file(path, "auto")
+    assert raw.ratings.tolist() == [4.5, 3.0, 1.0] and raw.items.tolist() == ["Amélie", "Amélie", "Heat"]
+
+
 def test_file_declared_scale_is_used(tmp_path):
     path = tmp_path / "r.csv"
     path.write_text("1,1,2\n2,1,3\n3,2,4\n")
