@@ -51,6 +51,9 @@ DATASETS = {
                            "data.synthetic.n_items=59047", "data.synthetic.n_ratings=25000095"],
 }
 RULES = {  # name -> overrides; warmup length in epochs of the row's own batch
+    # what a user gets without setting anything: lr_scaling=sqrt, and batch_ramp_epochs / warmup_epochs at `auto`
+    # (a 6-epoch ramp without warmup above 4x the reference batch, else 2 warmup epochs)
+    "defaults": [],
     "sqrt": ["train.lr_scaling=sqrt", "train.warmup_epochs=0"],
     "linear": ["train.lr_scaling=linear", "train.warmup_epochs=0"],
     "sqrt+warmup": ["train.lr_scaling=sqrt", "train.warmup_epochs=2"],
@@ -78,9 +81,17 @@ RULES = {  # name -> overrides; warmup length in epochs of the row's own batch
 }
 
 
+def rule_overrides(rule: str) -> list[str]:
+    """A rule's overrides; the rules without a ramp pin it off (the default, `auto`, ramps above 4x)."""
+    overrides = RULES[rule]
+    if rule == "defaults" or any(o.startswith("train.batch_ramp_epochs=") for o in overrides):
+        return overrides
+    return [*overrides, "train.batch_ramp_epochs=0"]
+
+
 def train_row(dataset: str, batch: int, rule: str, epochs: int, seed: int, extra: list[str]) -> dict:
-    cfg = article_config(*DATASETS[dataset], *RULES[rule], f"train.batch_size={batch}", f"train.epochs={epochs}",
-                         f"train.seed={seed}", "train.log_every_steps=1000000", *extra)
+    cfg = article_config(*DATASETS[dataset], *rule_overrides(rule), f"train.batch_size={batch}",
+                         f"train.epochs={epochs}", f"train.seed={seed}", "train.log_every_steps=1000000", *extra)
     data = load_dataset(cfg.data)
     n_train = len(data.train.ratings)
     if n_train < 2 * batch:

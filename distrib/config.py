@@ -176,13 +176,16 @@ class TrainConfig(Section):
     lr_scaling: Literal["linear", "sqrt", "none"] = option("sqrt", "how lr scales with batch_size / "
                                                                    "ref_batch_size")
     warmup_steps: int = option(0, "linear warmup steps (cosine_restarts only)", ge=0)
-    warmup_epochs: float = option(2.0, "cosine_restarts: linear warmup over this many epochs, only when "
-                                       "batch_size > ref_batch_size", ge=0.0)
+    warmup_epochs: float | Literal["auto"] = option(
+        "auto", "cosine_restarts: linear warmup over this many epochs, only when batch_size > ref_batch_size; "
+                "auto: 0 with a batch ramp, else 2", ge=0.0)
     schedule: Literal["cosine_restarts", "one_cycle"] = option(
         "cosine_restarts", "the article's cosine restarts, or fastai's one-cycle over "
                            "train.epochs")
-    batch_ramp_epochs: int = option(0, "> 0: the global batch grows geometrically from ref_batch_size to "
-                                          "batch_size over this many epochs, the lr following lr_scaling", ge=0)
+    batch_ramp_epochs: int | Literal["auto"] = option(
+        "auto", "> 0: the global batch grows geometrically from ref_batch_size to batch_size over this many "
+                "epochs, the lr following lr_scaling; auto: 6 when batch_size > 4 x ref_batch_size, else 0 "
+                "(docs/batch_scaling.md)", ge=0)
     cycle_epochs: float = option(2.0, "cosine restarts every this many epochs", gt=0.0)
     eta_min_ratio: float = option(0.1, "the cosine floor, as a fraction of the peak lr", ge=0.0, le=1.0)
     optimizer: Literal["adam", "adamw", "lamb"] = option(
@@ -212,7 +215,7 @@ class TrainConfig(Section):
         require(self.schedule != "one_cycle" or self.warmup_steps == 0,
                 "train.warmup_steps: one_cycle warms up by itself (its first quarter); leave warmup_steps at 0")
         require(len(self.betas) == 2, "train.betas: two values in [0, 1), e.g. [0.9, 0.999]")
-        require(not (self.cuda_graph and self.batch_ramp_epochs),
+        require(not (self.cuda_graph and self.batch_ramp_epochs not in (0, "auto")),  # auto: no ramp when captured
                 "train.batch_ramp_epochs: a captured step has one batch size; set train.cuda_graph=false")
         require(not (self.cuda_graph and self.optimizer == "lamb"),
                 "train.optimizer=lamb: not with train.cuda_graph (the captured step uses fused Adam)")
@@ -334,6 +337,11 @@ def refit_config(cfg: Config, epochs: int, blend_weights: list[float] | None = N
         tracking=dataclasses.replace(cfg.tracking, name=name))
 
 
+# keys whose `auto` a run turns into the numbers it trains with before training (distrib.training.schedule), taking
+# the resumed run's own numbers where its saved config has them
+RESOLVED_AUTO_KEYS = ("train.batch_ramp_epochs", "train.warmup_epochs")
+
+
 def check_resume(saved: dict, cfg: Config, run_dir) -> None:
     """Refuse to resume a checkpoint whose saved config differs from cfg in a key that identifies the run
     (data, split, model, seeds, batch, optimizer, schedule); changeable keys may differ."""
@@ -345,6 +353,8 @@ def check_resume(saved: dict, cfg: Config, run_dir) -> None:
         if not fixed:
             continue
         old = _lookup(saved, key, _lookup(defaults, key, None))  # a key newer than the checkpoint: its default
+        if key in RESOLVED_AUTO_KEYS and old == "auto":  # a checkpoint older than the key: the run keeps its numbers
+            continue
         new = _lookup(current, key, None)
         if old != new:
             changed.append(f"{key} ({show(old)} -> {show(new)})")

@@ -94,6 +94,9 @@ def _check_value(hint, value, key: str, meta) -> None:
         return
     if value is None and type(None) in typing.get_args(hint):
         return
+    words = _keywords(hint)
+    if isinstance(value, str) and value in words:
+        return
     hint = _strip_optional(hint)
     if typing.get_origin(hint) is list:
         if not isinstance(value, list):
@@ -108,7 +111,8 @@ def _check_value(hint, value, key: str, meta) -> None:
             raise UserError(f"{key}: unknown value {show(value)} (choose from {', '.join(choices)})")
         return
     if not _is_instance(hint, value):
-        raise UserError(f"{key}: expected {hint.__name__}, got {show(value)}")
+        expected = " or ".join([hint.__name__, *words])
+        raise UserError(f"{key}: expected {expected}, got {show(value)}")
     if hint is str:
         if meta.get("nonempty") and not value.strip():
             raise UserError(f"{key}: must not be empty")
@@ -170,9 +174,17 @@ def _is_section(hint) -> bool:
 
 
 def _strip_optional(hint):
+    """The value type of `X | None` or `X | Literal["auto"]`: X."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return next(o for o in typing.get_args(hint) if o is not type(None))
+        return next(o for o in typing.get_args(hint) if o is not type(None) and typing.get_origin(o) is not Literal)
     return hint
+
+
+def _keywords(hint) -> tuple[str, ...]:
+    """The words a number key also takes, from the Literal in its union (`int | Literal["auto"]`)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next((typing.get_args(o) for o in typing.get_args(hint) if typing.get_origin(o) is Literal), ())
+    return ()
 
 
 def _join(prefix: str, name: str) -> str:
@@ -208,7 +220,8 @@ def key_text(text: str) -> str:
 def describe_values(hint, meta) -> str:
     """The allowed values of a key: its choices, or its type and range."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return describe_values(_strip_optional(hint), meta) + " or null"
+        others = [*_keywords(hint), *(["null"] if type(None) in typing.get_args(hint) else [])]
+        return describe_values(_strip_optional(hint), meta) + "".join(f" or {word}" for word in others)
     if typing.get_origin(hint) is list:
         return "list of " + describe_values(typing.get_args(hint)[0], meta)
     if typing.get_origin(hint) is Literal:

@@ -20,6 +20,8 @@ import sys
 import typing
 from pathlib import Path
 
+import yaml
+
 from distrib.config import Config, dump_yaml, load_config, refit_config, to_dict, with_refit_group
 from distrib.errors import JobError, UserError, exit_on_user_error, stop_on_sigint
 from distrib.options import help_text
@@ -142,11 +144,35 @@ def finished_summary(trainer, run_dir) -> dict | None:
     return from_main(summary)
 
 
-def run(cfg: Config, env: DistEnv, device, run_dir, data) -> tuple[dict, bool]:
+def with_auto_resolved(cfg: Config, run_dir, env: DistEnv) -> Config:
+    """cfg with train's `auto` keys (batch ramp, warmup) as the numbers this run trains with, so config.yaml and
+    the checkpoints state them; a resumed run keeps the numbers it started with (rank 0 reads them)."""
+    from distrib.training.schedule import resolve_auto
+
+    saved = from_main(saved_train_section(run_dir) if env.is_main else None)
+    return dataclasses.replace(cfg, train=resolve_auto(cfg.train, saved))
+
+
+def saved_train_section(run_dir) -> dict | None:
+    """The train section of run.dir/config.yaml when run.dir holds a checkpoint to resume, else None."""
+    if not any(name.startswith("checkpoints/") for name in run_dir.history()):
+        return None
+    try:
+        saved = yaml.safe_load((run_dir.path / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None  # then the resumed checkpoint's own config is compared, and a difference refused in one line
+    train = saved.get("train") if isinstance(saved, dict) else None
+    return train if isinstance(train, dict) else None
+
+
+def run(cfg: Config, env: DistEnv, device, run_dir, data, requested: Config | None = None) -> tuple[dict, bool]:
     """One training phase on `data` in run_dir (opened and locked by the caller): its summary, and whether it had
-    finished before. A finished run prints one line and touches nothing."""
+    finished before. A finished run prints one line and touches nothing. `requested`: cfg as the user gave it,
+    before `auto` was resolved (the header names the keys changed from the defaults and why a batch ramp runs)."""
     from distrib.parallel.distributed import host_count
     from distrib.report.tracking import build_tracker
+    from distrib.training.health import Diverged
+    from distrib.training.schedule import describe_ramp
     from distrib.training.trainer import Trainer
 
     if cfg.dist.embedding_sharding != "none":  # tables sharded across ranks with TorchRec
@@ -158,7 +184,9 @@ def run(cfg: Config, env: DistEnv, device, run_dir, data) -> tuple[dict, bool]:
                  trainer.progress.epoch, run_dir.path)
         return summary, True
     if env.is_main:
-        log.info("%s", header(cfg, env, device, data, trainer.n_parameters, trainer.precision, host_count()))
+        requested = requested or cfg
+        log.info("%s", header(requested, env, device, data, trainer.n_parameters, trainer.precision, host_count(),
+                              describe_ramp(requested.train, cfg.train)))
         if trainer.resumed_from is not None:
             log.info("resumed from %s at epoch %d (step %d)", trainer.resumed_from, trainer.progress.epoch,
                      trainer.progress.step)
@@ -172,6 +200,9 @@ def run(cfg: Config, env: DistEnv, device, run_dir, data) -> tuple[dict, bool]:
             finish_run(trainer, tracker, summary)
         tracker.close(0)
         return summary, False
+    except Diverged as err:  # said with what run.dir holds now and the fixes that apply to this run
+        tracker.close(1)
+        raise err.explained(run_dir.saved_checkpoints(), trainer.precision) from None
     except BaseException:
         tracker.close(1)
         raise
@@ -182,9 +213,11 @@ def train_job(cfg: Config, env: DistEnv, device) -> None:
     phase also locks run.dir/refit, so a job started on that directory alone is refused too)."""
     run_dir, data = open_run_dir(cfg, env)
     try:
-        summary, was_done = run(cfg, env, device, run_dir, data)
+        requested, cfg = cfg, with_auto_resolved(cfg, run_dir, env)
+        summary, was_done = run(cfg, env, device, run_dir, data, requested)
         if cfg.train.refit:
             first = summary.get("phase1", summary)  # a finished job's summary.json is already the combined one
+            # resolved: the refit replays the first phase's batch ramp and warmup for its epoch count
             refit = refit_config(cfg, first["best_epoch"], first.get("blend_weights"))
             refit_dir, refit_data = open_run_dir(refit, env)
             try:
@@ -193,7 +226,8 @@ def train_job(cfg: Config, env: DistEnv, device) -> None:
                     # then resumes this one from run.dir/refit's own checkpoints.
                     log.info("refit: training on training + validation ratings for %s in %s",
                              plural(first["best_epoch"], "epoch"), refit.run.dir)
-                second, refit_done = run(refit, env, device, refit_dir, refit_data)
+                second, refit_done = run(refit, env, device, refit_dir, refit_data,
+                                         refit_config(requested, first["best_epoch"], first.get("blend_weights")))
             finally:
                 refit_dir.close()
             was_done = was_done and refit_done

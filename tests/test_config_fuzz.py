@@ -47,7 +47,7 @@ def _not_a_float(text: str) -> bool:
 
 def wrong_type(kind: type, is_list: bool, optional: bool):
     """Values that are not of the key's type (nor of its list's item type)."""
-    text = st.text(max_size=12).filter(_not_a_float)
+    text = st.text(max_size=12).filter(lambda s: _not_a_float(s) and s != "auto")  # auto: a number key's word
     options = {
         bool: [st.integers(), st.floats(allow_nan=False), text],
         int: [st.booleans(), st.floats(allow_nan=False).filter(lambda x: not x.is_integer()), text],

@@ -46,8 +46,9 @@ def describe_model(model_cfg, n_params: int) -> str:
     return f"{name}, {n_params:,} parameters"
 
 
-def header(cfg, env, device, data, n_params: int, precision: str, hosts: int = 1) -> str:
-    """The few lines a run starts with; `precision` is what train.precision resolved to on this device."""
+def header(cfg, env, device, data, n_params: int, precision: str, hosts: int = 1, batch_schedule: str = "") -> str:
+    """The few lines a run starts with; `precision` is what train.precision resolved to on this device, and
+    `batch_schedule` (from the training schedule) says whether the global batch ramps up, and why."""
     if cfg.train.precision == "auto":
         precision = f"{precision} (auto)"
     changed = ", ".join(f"{key}={_show(value)}" for key, value in changed_keys(cfg).items()) or "none"
@@ -60,6 +61,8 @@ def header(cfg, env, device, data, n_params: int, precision: str, hosts: int = 1
         textwrap.fill(f"changed from the defaults: {changed}", WIDTH, subsequent_indent="  ",
                       break_on_hyphens=False),
     ]
+    if batch_schedule:
+        lines.append(textwrap.fill(batch_schedule, WIDTH, subsequent_indent="  ", break_on_hyphens=False))
     return "\n".join(lines)
 
 

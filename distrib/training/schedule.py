@@ -14,11 +14,18 @@ Batch ramp-up (train.batch_ramp_epochs): the global batch of epoch e < ramp is r
 to that epoch's batch by the rule; the schedule's shape runs on a clock of fractional epochs measured in the final
 batch's steps, so warmup, restarts and one_cycle span the same epochs as without the ramp.
 
+`auto`, the default of train.batch_ramp_epochs and train.warmup_epochs, follows docs/batch_scaling.md: up to 4x the
+reference batch a fixed batch with 2 warmup epochs kept the reference's accuracy; at 16x no fixed-batch rule did,
+and a 6-epoch ramp without warmup did. `resolve_auto` turns `auto` into those numbers once, before training, so a
+run's config.yaml and checkpoints state what it ran with; the functions below read `auto` the same way for callers
+that build a Trainer directly.
+
 For Adam the square-root rule is the usual choice (Malladi et al., arXiv:2205.10287); linear scaling with
 warmup (Goyal et al., arXiv:1706.02677) was shown for SGD.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -31,6 +38,73 @@ ONE_CYCLE_DIV = 25.0  # the first lr is the peak over this
 ONE_CYCLE_FINAL_DIV = 1e4  # the last lr is the first over this
 ONE_CYCLE_BETA1 = (0.95, 0.85)  # at the ends of the cycle, and at the peak lr
 
+AUTO = "auto"
+AUTO_RAMP_ABOVE = 4  # `auto` ramps when the global batch exceeds this many times train.ref_batch_size
+AUTO_RAMP_EPOCHS = 6
+AUTO_WARMUP_EPOCHS = 2.0  # `auto` warmup without a ramp (with one: none)
+
+
+def ramp_epochs(cfg: TrainConfig) -> int:
+    """train.batch_ramp_epochs, `auto` read as: 6 epochs when the global batch is more than 4x the reference,
+    under the article's restarts (where the ramp was measured) and not captured as a CUDA graph (one batch size);
+    else none."""
+    if cfg.batch_ramp_epochs != AUTO:
+        return cfg.batch_ramp_epochs
+    return AUTO_RAMP_EPOCHS if should_auto_ramp(cfg) and ramp_allowed(cfg) else 0
+
+
+def should_auto_ramp(cfg: TrainConfig) -> bool:
+    return cfg.batch_size > AUTO_RAMP_ABOVE * cfg.ref_batch_size
+
+
+def ramp_allowed(cfg: TrainConfig) -> bool:
+    return cfg.schedule == "cosine_restarts" and not cfg.cuda_graph
+
+
+def warmup_epochs(cfg: TrainConfig) -> float:
+    """train.warmup_epochs, `auto` read as: none under a batch ramp (its first epochs run near the reference
+    batch, where the lr is not scaled up), else 2."""
+    if cfg.warmup_epochs != AUTO:
+        return cfg.warmup_epochs
+    return 0.0 if ramp_epochs(cfg) and cfg.batch_size > cfg.ref_batch_size else AUTO_WARMUP_EPOCHS
+
+
+def resolve_auto(cfg: TrainConfig, saved: dict | None = None) -> TrainConfig:
+    """cfg with its `auto` keys as numbers. `saved`: the train section of the run being resumed, which states what
+    it ran with; its numbers are kept (a key it lacks was written by a version without that key: 0, which is
+    what that version ran). Without `saved`, the rule above for this global batch. Explicit values stay."""
+    resolved = cfg
+    for key, rule, number in (("batch_ramp_epochs", ramp_epochs, int), ("warmup_epochs", warmup_epochs, float)):
+        if getattr(cfg, key) != AUTO:
+            continue
+        value = AUTO if saved is None else saved.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):  # auto (or not a number): the rule
+            value = rule(resolved)
+        resolved = dataclasses.replace(resolved, **{key: number(value)})
+    return resolved
+
+
+def describe_ramp(requested: TrainConfig, resolved: TrainConfig) -> str:
+    """For the run's header: the batch ramp in effect and why (`requested`: the keys as the user gave them,
+    `resolved`: as the run trains), or why `auto` chose none for a batch above 4x the reference; else ""."""
+    ratio = f"{resolved.batch_size / resolved.ref_batch_size:.3g}x train.ref_batch_size"
+    ramp = ramp_epochs(resolved) if resolved.batch_size > resolved.ref_batch_size else 0
+    auto, kept = requested.batch_ramp_epochs == AUTO, ramp_epochs(requested) != ramp
+    if ramp:
+        why = (f"train.batch_ramp_epochs={ramp}" if not auto else "as the run being resumed started" if kept else
+               f"train.batch_ramp_epochs=auto: the global batch is {ratio}, above {AUTO_RAMP_ABOVE}x, where a fixed "
+               "batch lost accuracy (docs/batch_scaling.md); train.batch_ramp_epochs=0 turns it off")
+        warmup = warmup_epochs(resolved)
+        return (f"batch ramp: {resolved.ref_batch_size:,} to {resolved.batch_size:,} over the first "
+                f"{ramp} epochs, lr {scaled_lr(resolved, resolved.ref_batch_size):.3g} to {scaled_lr(resolved):.3g}, "
+                f"{f'{warmup:g} warmup epochs' if warmup else 'no warmup'} ({why})")
+    if not (auto and should_auto_ramp(resolved)):
+        return ""
+    why = ("train.cuda_graph captures one batch size" if resolved.cuda_graph else
+           f"train.schedule={resolved.schedule} (the ramp was measured with cosine_restarts)"
+           if not ramp_allowed(resolved) else "the run being resumed started without one")
+    return f"no batch ramp at {ratio} (train.batch_ramp_epochs=auto): {why}"
+
 
 def scaled_lr(cfg: TrainConfig, batch: int | None = None) -> float:
     """train.lr scaled from the reference batch to `batch` (default: train.batch_size) by train.lr_scaling."""
@@ -41,7 +115,7 @@ def scaled_lr(cfg: TrainConfig, batch: int | None = None) -> float:
 
 def batch_at(cfg: TrainConfig, epoch: int) -> int:
     """The global batch of `epoch` (0-based): train.batch_size, or on the ramp a geometric step towards it."""
-    ramp = cfg.batch_ramp_epochs
+    ramp = ramp_epochs(cfg)
     if not ramp or epoch >= ramp or cfg.batch_size <= cfg.ref_batch_size:
         return cfg.batch_size
     return round(cfg.ref_batch_size * (cfg.batch_size / cfg.ref_batch_size) ** (epoch / ramp))
@@ -51,7 +125,7 @@ def ramp_position(step: int, cfg: TrainConfig, n_train: int) -> tuple[int, float
     """(epoch, position on the schedule's clock) of global step `step`: the position counts the final batch's steps,
     fractional inside a ramp epoch, and equals `step` when there is no ramp."""
     final = n_train // cfg.batch_size
-    ramp = cfg.batch_ramp_epochs if cfg.batch_size > cfg.ref_batch_size else 0
+    ramp = ramp_epochs(cfg) if cfg.batch_size > cfg.ref_batch_size else 0
     done = 0  # steps of the ramp's epochs before `epoch`
     for epoch in range(ramp):
         steps = n_train // batch_at(cfg, epoch)
@@ -65,7 +139,7 @@ def warmup_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     """Steps of linear warmup: train.warmup_steps, plus train.warmup_epochs of this batch's steps when the global
     batch exceeds train.ref_batch_size. Warmup protects an lr scaled up for a larger batch (Goyal et al.); at or
     below the reference batch the lr is not scaled up and the article's schedule runs unchanged."""
-    epochs = cfg.warmup_epochs if cfg.batch_size > cfg.ref_batch_size else 0.0
+    epochs = warmup_epochs(cfg) if cfg.batch_size > cfg.ref_batch_size else 0.0
     return cfg.warmup_steps + round(epochs * steps_per_epoch)
 
 
@@ -107,7 +181,7 @@ def _cosine(start: float, end: float, fraction: float) -> float:
 def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int, n_train: int) -> tuple[float, float | None]:
     """(lr, beta1 or None) at global step `step`: the rule's peak at this epoch's batch times the schedule's shape."""
     peak, clock = scaled_lr(cfg), float(step)
-    if cfg.batch_ramp_epochs:
+    if ramp_epochs(cfg):
         epoch, clock = ramp_position(step, cfg, n_train)
         peak = scaled_lr(cfg, batch_at(cfg, epoch))
     return peak * lr_factor(clock, cfg, steps_per_epoch), beta1_at(clock, cfg, steps_per_epoch)
