@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 ML25M_USERS, ML25M_ITEMS, ML25M_RATINGS = 162_541, 59_047, 25_000_095
 MODEL = ["model.n_factors=16", "model.hidden=[32]", "model.dropouts=[0.1]", "train.batch_size=100000",
+         "train.batch_ramp_epochs=0",  # every epoch at batch 100000 (the default ramps up to it)
          "train.precision=bf16", "train.patience=0", "train.log_every_steps=1000000"]
 PARTS = ("pipeline", "csv", "memory")
 
