@@ -235,9 +235,10 @@ class DistConfig(Section):
     embedding_sharding: Literal["none", "row_wise", "table_wise", "auto"] = option(
         "none", "none: whole tables on every rank (DDP); else tables sharded by TorchRec (auto: its planner), "
                 "the rest in DDP (docs/sharding.md)")
-    embedding_update: Literal["touched_rows", "dense"] = option(
-        "touched_rows", "sharded tables: touched_rows: Adam updates only the rows a step looked up (lazy Adam, "
-                        "as FBGEMM's); dense: every row", changeable=True)
+    embedding_update: Literal["auto", "touched_rows", "dense"] = option(
+        "auto", "touched_rows: Adam updates only the rows a step looked up (lazy Adam, as FBGEMM's); dense: every "
+                "row; auto: touched_rows for sharded tables, and for whole tables in one process when a step "
+                "looks up at most 10% of their rows", changeable=True)
 
 
 @dataclass

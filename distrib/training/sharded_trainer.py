@@ -101,13 +101,14 @@ class ShardedTrainer(Trainer):
         cfg = self.cfg
         check_sharding_config(cfg)
         quiet_third_party()
+        update = "dense" if cfg.dist.embedding_update == "dense" else "touched_rows"  # auto: touched rows, sharded
         self.ddp, self.wrapper = build_sharded(self.model, cfg.model.name, cfg.dist.embedding_sharding, self.device,
-                                               cfg.dist.bucket_cap_mb, cfg.dist.embedding_update)
+                                               cfg.dist.bucket_cap_mb, update)
         if cfg.dist.grad_compression == "bf16":
             self.ddp._dmp_wrapped_module.register_comm_hook(None, bf16_allreduce_hook)
         self.penalty = build_penalty(cfg.model, self.model)  # after sharding: it reads the tables' slots
         self.optimizer = build_optimizer(self.ddp, cfg, self.device)
-        if cfg.dist.embedding_update == "touched_rows":
+        if update == "touched_rows":
             attach_to_optimizer(dense_kernels(self.ddp), self.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch, len(self.train_split))
         self._resume()

@@ -30,6 +30,7 @@ from distrib.models import build_model, build_penalty
 from distrib.parallel.distributed import DistEnv, wrap_ddp
 from distrib.parallel.sampler import epoch_permutation, rank_batches, rank_slice, shard_bounds, steps_per_epoch
 from distrib.report.console import epoch_line
+from distrib.parallel.sparse_tables import attach_sparse_tables, replicated_touched_rows
 from distrib.report.progress import EpochProgress
 from distrib.report.tracking import epoch_metrics
 from distrib.training.blend import fit_blend
@@ -112,6 +113,10 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch, len(self.train_split))
         self._resume()  # before the DDP wrap, so every rank starts from the loaded weights
         if cfg.train.compile:
+        n_rows = self.data.n_users + self.data.n_items
+        if replicated_touched_rows(cfg.dist.embedding_update, self.env.world_size, n_rows, cfg.train.batch_size,
+                                   cfg.train.optimizer, cfg.train.compile, cfg.train.cuda_graph):
+            attach_sparse_tables(self.model, self.optimizer)  # before the DDP wrap, which reads the tables' sparse
             # The module, not the DDP wrapper: the same compiled graph serves training and evaluate, and DDP
             # stays eager (no graph split at bucket boundaries). state_dict keys are unchanged.
             self.model.compile()
