@@ -69,12 +69,34 @@ def test_nan_on_one_rank_stops_every_rank_at_the_same_step_before_saving(tmp_pat
     assert proc.returncode != 0
     lines = [l for l in proc.stderr.splitlines() if l.startswith("distrib: error:")]
     assert len(lines) == 2 and all("at step 50 on rank 1" in l for l in lines), proc.stderr[-2000:]
+    # what is on disk, and only the fixes that apply: train.lr identifies the run, and fp32 is used already
+    assert "last.pt and best.pt are from before it: start a new run.dir with a lower train.lr" in lines[0], lines
+    assert "precision" not in lines[0]
     run = tmp_path / "run"
     assert [r["epoch"] for r in metrics(run)] == [1, 2]  # the third epoch is never recorded
     for name in ("last.pt", "best.pt"):
         state = torch.load(run / "checkpoints" / name, weights_only=True)
         assert state["progress"]["step"] == 34
         assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_nan_before_any_checkpoint_says_so_and_starting_again_as_advised_works(tmp_path):
+    proc = train_cli(tiny(tmp_path, "run"), env=clean_env() | {"DISTRIB_FAULT_NAN": "0:3"})
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "at step 3 on rank 0" in line, proc.stderr[-2000:]
+    assert "no checkpoint was saved yet: start again with a lower train.lr" in line and ".pt" not in line, line
+    assert not list((tmp_path / "run" / "checkpoints").iterdir())
+    check_ok(train_cli(tiny(tmp_path, "run", "train.lr=5e-4")))
+
+
+def test_nan_in_bf16_advises_resuming_in_fp32_which_resumes(tmp_path):
+    proc = train_cli(tiny(tmp_path, "run", "train.precision=bf16"), env=clean_env() | {"DISTRIB_FAULT_NAN": "0:30"})
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "at step 30 on rank 0" in line, proc.stderr[-2000:]
+    assert ("last.pt and best.pt are from before it: resume with train.precision=fp32, or start a new run.dir "
+            "with a lower train.lr") in line, line
+    resumed = check_ok(train_cli(tiny(tmp_path, "run", "train.precision=fp32")))
+    assert "resumed from" in resumed.stdout and [r["epoch"] for r in metrics(tmp_path / "run")] == [1, 2, 3]
 
 
 def test_killed_and_restarted_repeatedly_ends_exactly_like_an_uninterrupted_run(tmp_path):

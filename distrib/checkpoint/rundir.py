@@ -71,6 +71,11 @@ class RunDir:
         found += [p.relative_to(self.path).as_posix() for p in sorted(self.checkpoints.glob("*.dcp")) if p.is_dir()]
         return found
 
+    def saved_checkpoints(self) -> list[str]:
+        """The names of the checkpoints a resume would start from (last before best), for messages."""
+        names = [name.removeprefix("checkpoints/") for name in self.history() if name.startswith("checkpoints/")]
+        return sorted((n for n in names if n.split(".")[0] in ("last", "best") and n.count(".") == 1), reverse=True)
+
     def refuse_fresh_start(self, problems: list[str]) -> None:
         """No checkpoint to resume from: a fresh start would overwrite a past run's results, so if this directory
         holds any, the user must choose that explicitly (`problems`: why each checkpoint could not be used)."""

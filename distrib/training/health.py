@@ -38,6 +38,28 @@ class DivergenceGuard:
             dist.all_gather(records, self.first_bad)
         bad = [(int(step), rank) for rank, step in enumerate(records) if int(step) >= 0]
         if bad:
-            step, rank = min(bad)
-            raise JobError(f"loss became NaN or Inf at step {step} on rank {rank}; stopped all ranks there. "
-                           "best.pt and last.pt are from before the divergence: lower train.lr or use fp32")
+            raise Diverged(*min(bad))
+
+
+class Diverged(JobError):
+    """The loss turned NaN or Inf: where, and (once `explained` by whoever knows run.dir) what is on disk and
+    which fixes apply."""
+
+    def __init__(self, step: int, rank: int, advice: str = ""):
+        self.step, self.rank = step, rank
+        super().__init__(f"loss became NaN or Inf at step {step} on rank {rank}; stopped all ranks there, before "
+                         f"anything of this epoch was saved{'. ' + advice if advice else ''}")
+
+    def explained(self, checkpoints: list[str], precision: str) -> Diverged:
+        """`checkpoints`: the names of the run's saved checkpoints; `precision`: what this run computed in.
+        train.lr identifies a run (it may not change on resume), train.precision may change."""
+        fp32 = precision != "fp32"
+        if checkpoints:
+            fixes = ["resume with train.precision=fp32"] if fp32 else []
+            fixes.append("start a new run.dir with a lower train.lr (train.lr cannot change on resume)")
+            verb = "are" if len(checkpoints) > 1 else "is"
+            advice = f"{' and '.join(checkpoints)} {verb} from before it: {', or '.join(fixes)}"
+        else:
+            advice = ("no checkpoint was saved yet: start again with a lower train.lr"
+                      + (" or train.precision=fp32" if fp32 else ""))
+        return Diverged(self.step, self.rank, advice)
