@@ -109,6 +109,12 @@ class ShardedLookupModel(nn.Module):
         self.keyed_by = {name: by for name, _, by in tables}
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        self.look_up(users, items)
+        return self.model(users, items)
+
+    def look_up(self, users: torch.Tensor, items: torch.Tensor) -> None:
+        """The batch's rows of every table into the model's slots (a collective once sharded: all-to-all), so
+        that the model, or any part of it (an ensemble's members, one by one), can then run on this batch."""
         from torchrec import KeyedJaggedTensor
 
         for key, collection in self.collections.items():
@@ -120,7 +126,6 @@ class ShardedLookupModel(nn.Module):
             looked_up = collection(kjt)
             for name in names:
                 self.slots[name].rows = looked_up[name].values()
-        return self.model(users, items)
 
 
 # ---- sharding: plan, DMP, the CPU kernel fix, initial weights, full tables back --------------------------

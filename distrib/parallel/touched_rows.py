@@ -16,6 +16,7 @@ import math
 
 import torch
 from torch import nn
+from torch.optim.adam import adam
 
 
 class _RecordedLookup(torch.autograd.Function):
@@ -62,9 +63,10 @@ def convert_kernel(kernel: nn.Module, cls: type) -> None:
     kernel.touched = []
 
 
-def attach_to_optimizer(kernels: list[nn.Module], optimizer: torch.optim.Optimizer) -> None:
+def attach_to_optimizer(kernels: list[nn.Module], optimizer: torch.optim.Optimizer, trust_ratio: bool = False) -> None:
     """After each `optimizer.step()` (which skips the tables: their gradients are None), the touched rows
-    of each table get the optimizer's Adam update with its param group's settings."""
+    of each table get the optimizer's Adam update with its param group's settings (trust_ratio, for
+    train.optimizer=lamb: LAMB's update, each row with its own trust ratio)."""
     group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
     tables = []
     for kernel in kernels:
@@ -74,6 +76,7 @@ def attach_to_optimizer(kernels: list[nn.Module], optimizer: torch.optim.Optimiz
             first = table._start_offset // kernel._width
             tables.append((kernel, table, first, first + table.shape[0], group_of[id(table)]))
 
+    @torch.profiler.record_function("touched_rows: update")
     def update(opt, args, kwargs) -> None:
         recorded = {}
         for kernel in kernels:
@@ -85,37 +88,55 @@ def attach_to_optimizer(kernels: list[nn.Module], optimizer: torch.optim.Optimiz
             if id(kernel) in recorded:
                 index, grads = recorded[id(kernel)]
                 inside = (index >= first) & (index < last)
-                _adam_rows(opt.state[table], table, index[inside] - first, grads[inside], group)
+                _adam_rows(opt.state[table], table, index[inside] - first, grads[inside], group, trust_ratio)
 
     optimizer.register_step_post_hook(update)
 
 
 @torch.no_grad()
-def _adam_rows(state: dict, table: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor, group: dict) -> None:
-    """torch's Adam/AdamW step (as `torch.optim.adam`, amsgrad off) on the given rows of `table`; the
-    gradients of repeated rows are summed first."""
+def _adam_rows(state: dict, table: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor, group: dict,
+               trust_ratio: bool = False) -> None:
+    """torch's Adam/AdamW step (its fused kernel, amsgrad off) on the given rows of `table`; the gradients of
+    repeated rows are summed first. trust_ratio: LAMB's step instead, each row its own trust ratio."""
     weight = table.data.as_subclass(torch.Tensor)
     if not state:  # Adam's own layout, so checkpoints and the dense update read it unchanged
         state["step"] = torch.zeros((), dtype=torch.float32, device=weight.device)
         state["exp_avg"] = torch.zeros_like(weight, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(weight, memory_format=torch.preserve_format)
-    state["step"] += 1
     if rows.numel() == 0:
+        state["step"] += 1  # bias correction counts every step
         return
     rows, position = torch.unique(rows, return_inverse=True)
     grad = torch.zeros(rows.numel(), weight.shape[1], dtype=grads.dtype, device=grads.device)
     grad.index_add_(0, position, grads)
-    lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-    step = state["step"].item()
     values = weight.index_select(0, rows)
-    if decay and group.get("decoupled_weight_decay"):
-        values.mul_(1 - lr * decay)
-    elif decay:
-        grad.add_(values, alpha=decay)
-    exp_avg = state["exp_avg"].index_select(0, rows).lerp_(grad, 1 - beta1)
-    exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
-    values.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
+    exp_avg, exp_avg_sq = state["exp_avg"].index_select(0, rows), state["exp_avg_sq"].index_select(0, rows)
+    (beta1, beta2), settings = group["betas"], {"lr": group["lr"], "weight_decay": group["weight_decay"],
+                                                 "eps": group["eps"]}
+    if trust_ratio:
+        state["step"] += 1
+        _lamb_rows(values, grad, exp_avg, exp_avg_sq, float(state["step"]), beta1, beta2, **settings)
+    else:  # one fused pass over the gathered rows (it advances state["step"])
+        adam([values], [grad], [exp_avg], [exp_avg_sq], [], [state["step"]], fused=True,
+                              decoupled_weight_decay=bool(group.get("decoupled_weight_decay")), amsgrad=False,
+                              beta1=beta1, beta2=beta2, maximize=False, **settings)
     weight.index_copy_(0, rows, values)
     state["exp_avg"].index_copy_(0, rows, exp_avg)
     state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+
+
+def _lamb_rows(values, grad, exp_avg, exp_avg_sq, step: float, beta1: float, beta2: float, lr: float,
+               weight_decay: float, eps: float) -> None:
+    """LAMB's step (distrib.training.lamb) on gathered rows, in place, with each row's own trust ratio
+    ||row|| / ||row's step||: a row moves by lr times its norm, as a whole tensor does under LAMB, and the
+    figure is the same on any number of ranks (a shard's norm would not be)."""
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = (exp_avg_sq / (1 - beta2**step)).sqrt_().add_(eps)
+    update = (exp_avg / (1 - beta1**step)).div_(denom)
+    if weight_decay:
+        update.add_(values, alpha=weight_decay)
+    w_norm = torch.linalg.vector_norm(values, dim=1, keepdim=True)
+    u_norm = torch.linalg.vector_norm(update, dim=1, keepdim=True)
+    ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+    values.sub_(update.mul_(ratio * lr))

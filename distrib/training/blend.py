@@ -28,18 +28,34 @@ from distrib.parallel.sampler import shard_bounds
 def blend_moments(members, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor, rank: int,
                   world_size: int, autocast=None) -> tuple[np.ndarray, np.ndarray]:
     """(P^T P, P^T y) over the whole split, in float64, from this rank's shard and one all-reduce."""
-    k = len(members)
-    device = ratings.device
-    moments = torch.zeros(k * k + k, dtype=torch.float64, device=device)
-    lo, hi = shard_bounds(int(ratings.shape[0]), rank, world_size)
     for member in members:
         member.eval()
-    for start in range(lo, hi, EVAL_BATCH):
-        stop = min(start + EVAL_BATCH, hi)
+    lo, hi = shard_bounds(int(ratings.shape[0]), rank, world_size)
+    chunks = ((start, min(start + EVAL_BATCH, hi)) for start in range(lo, hi, EVAL_BATCH))
+    return chunked_moments(member_predictor(members, autocast), len(members), users, items, ratings, chunks)
+
+
+def member_predictor(members, autocast=None):
+    """predict(users, items) -> (batch, members) in float64: each member's own prediction."""
+    def predict(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         with autocast or nullcontext():
-            preds = torch.stack([m(users[start:stop], items[start:stop]).double() for m in members], dim=1)
-        moments[: k * k] += (preds.T @ preds).flatten()
-        moments[k * k:] += preds.T @ ratings[start:stop].double()
+            return torch.stack([m(users, items).double() for m in members], dim=1)
+    return predict
+
+
+@torch.no_grad()
+def chunked_moments(predict, k: int, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor,
+                    chunks) -> tuple[np.ndarray, np.ndarray]:
+    """(P^T P, P^T y) from `predict`'s (batch, k) blocks over this rank's chunks (start, stop), all-reduced. An
+    empty chunk (start == stop) still predicts one pair, unused: where every forward is a collective (sharded
+    tables), each rank must run as many."""
+    moments = torch.zeros(k * k + k, dtype=torch.float64, device=ratings.device)
+    for start, stop in chunks:
+        rows = slice(start, stop) if stop > start else slice(0, 1)
+        preds = predict(users[rows], items[rows])
+        if stop > start:
+            moments[: k * k] += (preds.T @ preds).flatten()
+            moments[k * k:] += preds.T @ ratings[rows].double()
     if dist.is_initialized():
         dist.all_reduce(moments, op=dist.ReduceOp.SUM)
     values = moments.cpu().numpy()

@@ -35,8 +35,9 @@ class Lamb(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     raise RuntimeError("Lamb: sparse gradients are not supported")
                 state = self.state[p]
-                if not state:
-                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                if not state:  # Adam's layout (a tensor step): a sharded checkpoint loads it in place
+                    state.update(step=torch.zeros((), dtype=torch.float32), exp_avg=torch.zeros_like(p),
+                                 exp_avg_sq=torch.zeros_like(p))
                 state["step"] += 1
                 p.sub_(_trusted_step(p, state, beta1, beta2, group))
         return loss
@@ -44,7 +45,7 @@ class Lamb(torch.optim.Optimizer):
 
 def _trusted_step(p: torch.Tensor, state: dict, beta1: float, beta2: float, group: dict) -> torch.Tensor:
     """lr * trust ratio * (Adam's bias-corrected step + weight_decay * w)."""
-    m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+    m, v, t = state["exp_avg"], state["exp_avg_sq"], float(state["step"])  # an int in older checkpoints
     m.lerp_(p.grad, 1 - beta1)
     v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
     denom = (v / (1 - beta2 ** t)).sqrt_().add_(group["eps"])
