@@ -170,13 +170,14 @@ def run(cfg: Config, env: DistEnv, device, run_dir, data, requested: Config | No
     finished before. A finished run prints one line and touches nothing. `requested`: cfg as the user gave it,
     before `auto` was resolved (the header names the keys changed from the defaults and why a batch ramp runs)."""
     from distrib.parallel.distributed import host_count
-    from distrib.report.tracking import build_tracker
+    from distrib.report.tracking import build_tracker, check_saved_state
     from distrib.training.health import Diverged
     from distrib.training.schedule import describe_ramp
     from distrib.training.trainer import Trainer
 
     if cfg.dist.embedding_sharding != "none":  # tables sharded across ranks with TorchRec
         from distrib.training.sharded_trainer import ShardedTrainer as Trainer  # noqa: N814
+    on_main(lambda: check_saved_state(cfg.tracking, run_dir.path), env)  # before a rank waits on rank 0's tracker
     trainer = Trainer(cfg, env, device, data, run_dir)  # resumes, or refuses a mismatched or damaged checkpoint
     summary = finished_summary(trainer, run_dir)
     if summary is not None:

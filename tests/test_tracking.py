@@ -17,18 +17,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from distrib.config import TrackingConfig  # noqa: E402
+from distrib.errors import UserError  # noqa: E402
 from distrib.report.tracking import (  # noqa: E402
     RUN_ID_FILE,
     STATE_FILE,
     NullTracker,
     artifact_name,
     build_tracker,
+    check_saved_state,
     has_api_key,
+    saved_run_id,
 )
+from tests.helpers import TINY  # noqa: E402
 from tests.wandb_records import media_files, read_wandb_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VAL_RMSE = [1.10, 0.95, 0.97]
+TINY_RUN = [*TINY, "train.epochs=1"]
 
 
 @pytest.fixture(autouse=True)
@@ -228,3 +233,50 @@ def test_api_key_detection(tmp_path, monkeypatch):
 def test_artifact_names_are_sanitised():
     assert artifact_name("model best/v1") == "model-best-v1"
     assert artifact_name("///") == "artifact"
+
+
+@pytest.mark.parametrize("name, text, fragment", [
+    (RUN_ID_FILE, "../../etc\n", "is not a W&B run id"),
+    (RUN_ID_FILE, "a" * 65, "is not a W&B run id"),
+    (STATE_FILE, "{not json", "unreadable"),
+    (STATE_FILE, '["a list"]', "not a JSON object"),
+    (STATE_FILE, '{"last_step": "12"}', "last_step '12' is not a step"),
+    (STATE_FILE, '{"last_step": 3, "best": {"val/rmse": "low"}}', "best is not a map"),
+    (STATE_FILE, '{"last_step": 3, "best": [1]}', "best is not a map"),
+])
+def test_damaged_wandb_files_in_run_dir_are_one_line_naming_the_file(tmp_path, name, text, fragment):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(UserError) as info:
+        check_saved_state(TrackingConfig(mode="offline"), tmp_path)
+    assert str(info.value).startswith(str(tmp_path / name)) and fragment in str(info.value)
+    assert "\n" not in str(info.value)
+    check_saved_state(TrackingConfig(mode="disabled"), tmp_path)  # files a disabled tracker never reads
+
+
+def test_saved_run_id_and_state_as_the_tracker_writes_them_pass(tmp_path):
+    (tmp_path / RUN_ID_FILE).write_text("ab12cd34\n")
+    (tmp_path / STATE_FILE).write_text(json.dumps({"run_id": "ab12cd34", "last_step": 40, "best": {"val/rmse": 0.9}}))
+    check_saved_state(TrackingConfig(mode="offline"), tmp_path)
+    assert saved_run_id(tmp_path) == "ab12cd34"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [0, 2])
+def test_a_path_as_the_saved_run_id_stops_every_rank_with_one_line_and_writes_outside_nothing(tmp_path, nproc):
+    """A run.dir whose wandb_run_id was replaced by a path: the job stops before training (every rank, no
+    W&B traceback) and nothing appears outside run.dir."""
+    run_dir = tmp_path / "a" / "b" / "run"
+    run_dir.mkdir(parents=True)
+    (run_dir / RUN_ID_FILE).write_text("../../../escaped\n")
+    env = {**os.environ, "WANDB_MODE": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else []
+    proc = subprocess.run([sys.executable, *launcher, "-m", "distrib.train", *TINY_RUN, f"data.root={tmp_path / 'data'}",
+                           f"run.dir={run_dir}", "tracking.mode=offline"], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=180)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("distrib: error:")]
+    assert errors and all(f"{run_dir / RUN_ID_FILE}: '../../../escaped' is not a W&B run id" in line
+                          for line in errors), proc.stderr[-3000:]
+    assert "wandb" not in proc.stderr.replace(RUN_ID_FILE, "").replace("W&B", "")  # no W&B traceback
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "data"] and not (tmp_path / "a" / "escaped").exists()
+    assert not (run_dir / "wandb").exists()

@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from distrib.config import TrackingConfig
+from distrib.errors import UserError
 from distrib.fsutil import atomic_write_text
 
 log = logging.getLogger("distrib")
@@ -42,6 +43,9 @@ DEFAULT_HOST = "https://api.wandb.ai"
 EPOCH_AXIS_GLOBS = ("val/*", "test/*", "time/*", "throughput/*", "dist/*", "train_epoch/*")
 MIN_SUMMARY_METRICS = ("val/rmse", "val/mae", "val/loss")
 EMBEDDING_TABLE_ROWS = 1000
+# What distrib accepts back from RUN_ID_FILE: the characters of W&B's own ids (and of ids users choose) and
+# W&B's length limit. W&B names folders after the id, so nothing like a path may pass.
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def epoch_metrics(row: dict, world_size: int, device: str) -> dict:
@@ -114,17 +118,39 @@ def has_api_key() -> bool:
         return False
 
 
+def check_saved_state(cfg: TrackingConfig, run_dir: Path) -> None:
+    """The W&B files a resumed run reads back (its run id and state), checked before the run starts, so damage
+    there is one line naming the file (UserError) rather than W&B's traceback."""
+    if cfg.mode != "disabled":
+        saved_run_id(run_dir)
+        read_state(run_dir / STATE_FILE)
+
+
+def saved_run_id(run_dir: Path) -> str | None:
+    """The run id in RUN_ID_FILE, None without one; anything but an id is a UserError."""
+    path = run_dir / RUN_ID_FILE
+    try:
+        run_id = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: unreadable ({getattr(err, 'strerror', None) or err}); remove it to start a new "
+                        "W&B run") from None
+    if run_id and not RUN_ID.fullmatch(run_id):
+        raise UserError(f"{path}: {run_id[:40]!r} is not a W&B run id (at most 64 letters, digits, '-' or '_'): "
+                        "write the run's id there, or remove the file to start a new W&B run")
+    return run_id or None
+
+
 def load_or_create_run_id(run_dir: Path) -> str:
     """The run id saved in the run directory, or a new one saved there before the run starts."""
-    path = run_dir / RUN_ID_FILE
-    if path.exists():
-        run_id = path.read_text().strip()
-        if run_id:
-            return run_id
+    run_id = saved_run_id(run_dir)
+    if run_id:
+        return run_id
     from wandb.sdk.lib.runid import generate_id  # where wandb draws its own run ids (wandb.util's alias is gone)
 
     run_id = generate_id()
-    atomic_write_text(path, run_id + "\n")
+    atomic_write_text(run_dir / RUN_ID_FILE, run_id + "\n")
     return run_id
 
 
@@ -154,9 +180,9 @@ class WandbTracker(NullTracker):
             id=self.run_id, resume="allow", config=config, settings=_quiet_settings(wandb),
         )
         # Online, a resumed run reports the server's next step; offline it starts at 0, hence the file.
-        state = _read_state(run_dir / STATE_FILE)
-        self._last_step = max(int(state.get("last_step", -1)), int(self.run.step or 0) - 1)
-        self._best = {k: float(v) for k, v in state.get("best", {}).items()}
+        state = read_state(run_dir / STATE_FILE)
+        self._last_step = max(state.get("last_step", -1), int(self.run.step or 0) - 1)
+        self._best = dict(state.get("best", {}))
         self._define_metrics()
 
     def _define_metrics(self) -> None:
@@ -271,9 +297,25 @@ def _quiet_settings(wandb):
     return wandb.Settings(**{k: v for k, v in wanted.items() if not known or k in known})
 
 
-def _read_state(path: Path) -> dict:
+def read_state(path: Path) -> dict:
+    """STATE_FILE as the tracker wrote it ({} when absent): last_step an int, best a name -> number map. Anything
+    else is a UserError naming the file."""
     try:
         state = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return {}
-    return state if isinstance(state, dict) else {}
+    except (OSError, ValueError) as err:
+        raise _bad_state(path, f"unreadable: {getattr(err, 'strerror', None) or err}") from None
+    if not isinstance(state, dict):
+        raise _bad_state(path, "not a JSON object")
+    step, best = state.get("last_step", -1), state.get("best", {})
+    if type(step) is not int:
+        raise _bad_state(path, f"last_step {str(step)[:40]!r} is not a step")
+    if not isinstance(best, dict) or not all(type(v) in (int, float) and math.isfinite(v) for v in best.values()):
+        raise _bad_state(path, "best is not a map of metric names to numbers")
+    return {**state, "best": {str(k): float(v) for k, v in best.items()}}
+
+
+def _bad_state(path: Path, problem: str) -> UserError:
+    return UserError(f"{path}: not the W&B state distrib writes ({problem}); remove it to go on with the same "
+                     "W&B run (its best/* values then count from the next epoch)")
