@@ -112,7 +112,10 @@ def max_rel_diff(a: dict, b: dict) -> float:
 
 
 def _worker(rank: int, world_size: int, store_path: str, fn, args, results):
+    from distrib.parallel.distributed import import_before_group
+
     torch.set_num_threads(1)
+    import_before_group()  # so that destroy_process_group below really ends gloo's threads
     store = dist.FileStore(store_path, world_size)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
     try:

@@ -123,10 +123,24 @@ def init_process_group(env: DistEnv, device: torch.device, backend: str, timeout
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     if env.launcher == "torchrun" and restart != "0":
         kwargs["store"] = _fresh_round_store(env, restart, timeout_s)
+    import_before_group()
     dist.init_process_group(
         backend=backend, rank=env.rank, world_size=env.world_size,
         timeout=datetime.timedelta(seconds=timeout_s), **kwargs,
     )
+
+
+def import_before_group() -> None:
+    """Import torch.distributed.nn before any process group exists, so that nothing outlives the group.
+
+    Its functions take `group=group.WORLD` as a default argument, read when the module is imported. torch imports
+    it lazily (the first optimizer loads torch._dynamo, which loads FSDP and sharded tensors), which happens after
+    the group formed: the defaults then hold the default group for good, `destroy_process_group` cannot free it,
+    and gloo's backend with its threads (two workers and the TCP loop) is torn down inside the interpreter's
+    finalization instead, where a native thread that needs the exiting interpreter is ended by pthread_exit and
+    C++ turns that into "terminate called without an active exception" (SIGABRT) after a job that ended well.
+    Imported first, the defaults are None (the current default group at call time)."""
+    import torch.distributed.nn  # noqa: F401
 
 
 _PEERS: list[tuple[str, int, str]] = []  # (host, pid, address) of every rank, gathered once the group forms
