@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import signal
 import sys
+import tempfile
 import threading
 
 EXIT_USER_ERROR = 2
@@ -45,8 +47,33 @@ def report_line(line: str) -> None:
             return
         except OSError:
             pass  # the launcher's folder is gone: stderr still carries the line
+    if not first_to_say(line):
+        return
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
+
+
+def first_to_say(line: str) -> bool:
+    """Whether no other rank of this torchrun (plain `torchrun -m distrib.train`) has written `line` yet.
+
+    Its ranks on one node share one stderr, and most failures are the same line on every rank (a config
+    mistake, rank 0's verdict on run.dir, a NaN all ranks stop at): each distinct line is written once. The
+    first rank to report it creates a file named after it, in a folder of this torchrun agent (the ranks'
+    parent process) and restart round; a rank that finds the file there stays silent. Other launchers: always."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if not run_id:
+        return True
+    round_ = f"{os.getuid()}-{os.getppid()}-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    folder = os.path.join(tempfile.gettempdir(), f"distrib-lines-{round_}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        os.close(os.open(os.path.join(folder, hashlib.sha256(line.encode()).hexdigest()[:24]),
+                         os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return False
+    except OSError:
+        pass  # no temporary folder to share: better twice than never
+    return True
 
 
 class JobError(UserError):

@@ -58,6 +58,24 @@ def check(args, ours: list[str]) -> None:
     check_world(cfg, SimpleNamespace(world_size=launch.nproc_per_node * launch.max_nodes))
 
 
+def share_cpus(args) -> None:
+    """Each worker's CPU threads from this machine's usable CPUs shared by the workers torchrun starts here
+    (distrib.parallel.threads), set before torchrun's own default of 1 per worker; OMP_NUM_THREADS given by the
+    user is kept."""
+    from torch.distributed.run import determine_local_world_size
+
+    from distrib.parallel.threads import THREADS_FROM_LAUNCHER, allocation
+
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    try:
+        local_ranks = determine_local_world_size(args.nproc_per_node)
+    except ValueError as err:
+        raise UserError(f"--nproc_per_node={args.nproc_per_node}: {err}") from None
+    os.environ["OMP_NUM_THREADS"] = str(allocation(os.environ, local_ranks)[0])
+    os.environ[THREADS_FROM_LAUNCHER] = "1"
+
+
 def quiet_torchelastic() -> None:
     """The agent's own logs (each failed rank's exit, the ChildFailedError banner) repeat our one line."""
     for name in list(logging.root.manager.loggerDict):
@@ -108,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_torchelastic()
     args, ours = parse(argv)
+    share_cpus(args)  # before check(): torchrun's config sets 1 per worker where OMP_NUM_THREADS is unset
     check(args, ours)
     error_dir = tempfile.mkdtemp(prefix="distrib-errors-")
     os.environ[ERROR_DIR_ENV] = error_dir  # the workers inherit it

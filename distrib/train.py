@@ -170,6 +170,7 @@ def run(cfg: Config, env: DistEnv, device, run_dir, data, requested: Config | No
     finished before. A finished run prints one line and touches nothing. `requested`: cfg as the user gave it,
     before `auto` was resolved (the header names the keys changed from the defaults and why a batch ramp runs)."""
     from distrib.parallel.distributed import host_count
+    from distrib.parallel.threads import cpu_threads
     from distrib.report.tracking import build_tracker, check_saved_state
     from distrib.training.health import Diverged
     from distrib.training.schedule import describe_ramp
@@ -187,7 +188,7 @@ def run(cfg: Config, env: DistEnv, device, run_dir, data, requested: Config | No
     if env.is_main:
         requested = requested or cfg
         log.info("%s", header(requested, env, device, data, trainer.n_parameters, trainer.precision, host_count(),
-                              describe_ramp(requested.train, cfg.train)))
+                              describe_ramp(requested.train, cfg.train), threads=cpu_threads()))
         if trainer.resumed_from is not None:
             log.info("resumed from %s at epoch %d (step %d)", trainer.resumed_from, trainer.progress.epoch,
                      trainer.progress.step)
@@ -271,8 +272,10 @@ def train(cfg: Config, print_config: bool = False) -> int:
         resolve_env,
         select_device,
     )
+    from distrib.parallel.threads import set_cpu_threads
 
     env = resolve_env()
+    set_cpu_threads()  # from the launcher's allocation, unless OMP_NUM_THREADS is set
     cfg = with_world_batch(cfg, env)
     stop_on_sigint(f"run.dir {cfg.run.dir} keeps its last checkpoint: start the same command again to resume")
     check_world(cfg, env)

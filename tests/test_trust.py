@@ -244,6 +244,17 @@ def test_launcher_reports_a_config_mistake_before_any_worker_starts(tmp_path):
     assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
 
 
+def test_plain_torchrun_writes_a_line_every_rank_reports_once(tmp_path):
+    """Plain torchrun: each rank finds the typo; their shared stderr carries the line once (torchrun's own
+    ChildFailedError report follows it: python -m distrib.run is the launcher without it)."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *LAUNCH, "-m", "distrib.train",
+                           *tiny(tmp_path, "run"), "train.epochz=3"],
+                          cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert error_lines(proc) == ["distrib: error: unknown config key train.epochz"], proc.stderr[-3000:]
+    assert "exitcode  : 2" in proc.stderr  # both ranks did fail: torchrun reports each
+
+
 def test_launcher_turns_a_worker_error_into_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "distrib.run", *LAUNCH, *tiny(tmp_path, "run"), "data.name=file",
                            f"data.path={tmp_path / 'nope.csv'}"],

@@ -46,17 +46,19 @@ def describe_model(model_cfg, n_params: int) -> str:
     return f"{name}, {n_params:,} parameters"
 
 
-def header(cfg, env, device, data, n_params: int, precision: str, hosts: int = 1, batch_schedule: str = "") -> str:
-    """The few lines a run starts with; `precision` is what train.precision resolved to on this device, and
-    `batch_schedule` (from the training schedule) says whether the global batch ramps up, and why."""
+def header(cfg, env, device, data, n_params: int, precision: str, hosts: int = 1, batch_schedule: str = "",
+           threads: str = "") -> str:
+    """The few lines a run starts with; `precision` is what train.precision resolved to on this device,
+    `batch_schedule` (from the training schedule) says whether the global batch ramps up, and why, and `threads`
+    how many CPU threads each rank computes with, and why."""
     if cfg.train.precision == "auto":
         precision = f"{precision} (auto)"
     changed = ", ".join(f"{key}={_show(value)}" for key, value in changed_keys(cfg).items()) or "none"
     lines = [
         f"data: {data.description}",
         f"model: {describe_model(cfg.model, n_params)} | world size {env.world_size} on {device} ({env.launcher}), "
-        f"{precision}" + (f" | {plural(hosts, 'host')}, master {env.master_addr}:{env.master_port}"
-                                    if env.world_size > 1 else ""),
+        f"{precision}" + (f", {threads}" if threads else "")
+        + (f" | {plural(hosts, 'host')}, master {env.master_addr}:{env.master_port}" if env.world_size > 1 else ""),
         f"run.dir: {cfg.run.dir} (full config in its config.yaml; {PRINT_CONFIG_FLAG} prints it here)",
         textwrap.fill(f"changed from the defaults: {changed}", WIDTH, subsequent_indent="  ",
                       break_on_hyphens=False),
