@@ -136,17 +136,16 @@ def describe_mismatch(err: RuntimeError) -> str:
 
 
 def read_sharded_weights(path: Path, model: torch.nn.Module) -> dict:
-    """The whole tables of a sharded run's DCP checkpoint, read in this one process (no process group)."""
-    from distrib.checkpoint.sharded import is_complete, read_model_state
+    """The whole tables of a sharded run's DCP checkpoint, read in this one process (no process group), with
+    its metadata and files checked first (`distrib.checkpoint.sharded.verify`); errors as one UserError line."""
+    from distrib.checkpoint.sharded import Unreadable, read_model_state
 
-    if not is_complete(path):
-        raise UserError(f"{path}: incomplete sharded checkpoint (no .metadata or meta.pt)")
     try:
         return read_model_state(path, model)
-    except Exception as err:  # noqa: BLE001 (DCP reports a missing key or a size mismatch in one exception)
-        text = str(err).strip()
-        raise UserError(f"{path}: does not fit the model that config.yaml describes "
-                        f"({text.splitlines()[-1][:200] if text else type(err).__name__})") from None
+    except ValueError as err:  # missing, cut off or damaged files
+        raise UserError(f"{path}: {err}") from None
+    except Unreadable as err:  # a shard that does not read, or a key or size the model lacks
+        raise UserError(f"{path}: does not fit the model that config.yaml describes, or is damaged ({err})") from None
 
 
 def read_weights(path: Path) -> dict:

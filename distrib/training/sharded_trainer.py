@@ -10,15 +10,18 @@ gathered to rank 0 once at the end for the PCA plot and the W&B embedding table 
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
 import warnings
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 
 from distrib.checkpoint import sharded as sckpt
+from distrib.config import check_resume
 from distrib.errors import UserError
 from distrib.metrics.rating import EVAL_BATCH, error_sums, from_sums
 from distrib.models import build_model, build_penalty
@@ -100,6 +103,7 @@ class ShardedTrainer(Trainer):
     def _build_parallel(self) -> None:
         cfg = self.cfg
         check_sharding_config(cfg)
+        self._resumable = self._find_resumable()  # before sharding, the first collective
         quiet_third_party()
         update = "dense" if cfg.dist.embedding_update == "dense" else "touched_rows"  # auto: touched rows, sharded
         self.ddp, self.wrapper = build_sharded(self.model, cfg.model.name, cfg.dist.embedding_sharding, self.device,
@@ -113,21 +117,42 @@ class ShardedTrainer(Trainer):
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch, len(self.train_split))
         self._resume()
 
+    def _find_resumable(self) -> tuple[Iterator, list[str]]:
+        """The checkpoints to resume from, newest first, each checked (distrib.checkpoint.sharded.verify), and why
+        others were passed over. Every rank reads the same files, so every rank refuses alike: the newest one's
+        config (changed keys, shapes included) and data sizes, and best.dcp. None: a fresh start, or the
+        refusal when run.dir holds a past run."""
+        ckpt_dir, problems = self.run.checkpoints, []
+        found = sckpt.loadable(ckpt_dir, problems)
+        newest = next(found, None)
+        if newest is None:
+            if (ckpt_dir / "last.pt").exists():
+                raise UserError(f"run.dir {self.run.path}: holds a replicated run's checkpoints (last.pt); resume it "
+                                "with dist.embedding_sharding=none, or use a new run.dir")
+            self.run.refuse_fresh_start(problems or ["no last.dcp"])
+            return iter(()), problems
+        path, _, meta = newest
+        check_resume(meta.get("config", {}), self.cfg, self.run.path)
+        sckpt.check_same_data(meta, self.data, path, self.run.path)
+        sckpt.check_best(ckpt_dir / "best.dcp")
+        return itertools.chain([newest], found), problems
+
     def _resume(self) -> None:
-        ckpt_dir = self.run.checkpoints
-        problems = []
-        for path in sckpt.candidates(ckpt_dir):
-            if not sckpt.is_complete(path):
-                log.warning("checkpoint %s is incomplete; trying the previous one", path)
-                problems.append(f"{path.name}: incomplete, no {sckpt.missing_part(path)}")
+        """Load the newest checkpoint whose shards read on every rank; a damaged one is reported and the previous
+        one used, as replicated mode does."""
+        found, problems = self._resumable
+        for path, metadata, meta in found:
+            try:
+                sckpt.load(self.ddp, self.wrapper, self.optimizer, path, metadata)
+            except sckpt.Unreadable as err:
+                problems.append(f"{path.name}: {err}")
                 continue
-            meta = sckpt.load(self.ddp, self.wrapper, self.optimizer, path)
+            for problem in problems:  # "last.dcp: __1_0.distcp is cut off"
+                log.warning("checkpoint %s; resuming from %s", problem, path.name)
             self._load_meta_state(meta, path)
             return
-        if (ckpt_dir / "last.pt").exists():
-            raise UserError(f"run.dir {self.run.path}: holds a replicated run's checkpoints (last.pt); resume it with "
-                            "dist.embedding_sharding=none, or use a new run.dir")
-        self.run.refuse_fresh_start(problems or ["no last.dcp"])
+        if problems:
+            self.run.refuse_fresh_start(problems)
 
     def state_dict(self) -> dict:
         raise NotImplementedError("sharded state is saved with distrib.checkpoint.sharded")
@@ -147,7 +172,7 @@ class ShardedTrainer(Trainer):
 
     def _load_best(self) -> torch.nn.Module:
         best = self.run.checkpoints / "best.dcp"
-        if sckpt.is_complete(best):
+        if best.exists():
             sckpt.load_model_only(self.ddp, self.wrapper, best)  # training is over: the live model may take it
         return self.ddp
 
