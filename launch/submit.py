@@ -13,12 +13,14 @@ run.dir (<run.dir>/<member>) and tracking.group (the sweep's name, run.dir's las
 Logs go to slurm.folder, or <run.dir>/slurm. A job that reaches its time limit (USR2
 slurm.signal_delay_s before it) or is preempted is requeued and resumes from run.dir's last.pt.
 With --wait the command prints rank 0's console (the run's header, one line per epoch, its closing
-line) as the job's log receives it, waits for the jobs and exits 1 if any failed.
+line) as the job's log receives it, waits for the jobs, ends a sweep with a table of its runs (swept values,
+best validation RMSE, test RMSE, how each job ended) and exits 1 if any failed.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import re
 import shutil
 import sys
@@ -134,7 +136,8 @@ def build_executor(cfg: SlurmConfig, folder: Path, name: str, local: bool, array
     return executor
 
 
-def submit(ns: argparse.Namespace) -> list:
+def submit(ns: argparse.Namespace) -> tuple[list, list]:
+    """The submitted jobs and, for each, its (name, config, argv) from plan_runs."""
     from launch.job import TrainJob
 
     base, root, runs = plan_runs(ns.config, ns.overrides, parse_sweep(ns.sweep))
@@ -152,7 +155,7 @@ def submit(ns: argparse.Namespace) -> list:
     for job, (member, cfg, _) in zip(jobs, runs):
         label = f" [{member}]" if sweep else ""
         print(f"{kind} {job.job_id}{label}: run.dir {cfg.run.dir} log {job.paths.stdout}", flush=True)
-    return jobs
+    return jobs, runs
 
 
 def stream_main_logs(jobs, labels: list[str], poll_s: float = 1.0) -> None:
@@ -182,17 +185,54 @@ def _print_new_lines(path, offset: int, label: str, final: bool) -> int:
     return len(chunk)
 
 
-def wait_for(jobs) -> int:
-    failed = 0
+def wait_for(jobs) -> list[str]:
+    """Each job's end, `done` or `FAILED` (with its reason on stderr)."""
+    states = []
     for job in jobs:
         try:
             job.results()  # every task's; raises if one of them failed
             print(f"job {job.job_id}: done", flush=True)
+            states.append("done")
         except Exception as err:  # submitit's FailedJobError / UncompletedJobError carry the job's trace
-            failed += 1
+            states.append("FAILED")
             print(f"job {job.job_id}: FAILED: {reason(job, err)} (log {job.paths.stderr})", file=sys.stderr,
                   flush=True)
-    return 1 if failed else 0
+    return states
+
+
+def sweep_table(runs, axes, states: list[str]) -> str:
+    """The sweep's runs side by side once they have ended: each member's run.dir (under the sweep's), its
+    values of the swept keys, its best validation RMSE (the first phase's, with train.refit), its test RMSE
+    (the shipped model's) and how its job ended; `*` marks the lowest validation RMSE, the one to choose."""
+    keys = [key for key, _ in axes]
+    rows = []
+    for (name, cfg, argv), state in zip(runs, states):
+        summary = read_summary(Path(cfg.run.dir))
+        best_val = summary.get("phase1", summary).get("best_val_rmse")
+        values = [next(a.split("=", 1)[1] for a in reversed(argv) if a.startswith(f"{key}=")) for key in keys]
+        rows.append([name, *values, best_val, summary.get("test_rmse"), state])
+    scored = [row[-3] for row in rows if isinstance(row[-3], (int, float))]
+    lowest = min(scored) if scored else None
+    table = [["run.dir", *keys, "best val RMSE", "test RMSE", "state"]]
+    for row in rows:
+        *head, best_val, test, state = row
+        table.append([*head, _figure(best_val) + (" *" if best_val == lowest else ""), _figure(test), state])
+    widths = [max(len(line[col]) for line in table) for col in range(len(table[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in table]
+    root = Path(runs[0][1].run.dir).parent
+    return f"sweep of {len(runs)} runs in {root} (* lowest validation RMSE):\n" + "\n".join(lines)
+
+
+def read_summary(run_dir: Path) -> dict:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}  # the run ended before its summary (failed, or still requeued)
+    return summary if isinstance(summary, dict) else {}
+
+
+def _figure(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
 def reason(job, err: Exception) -> str:
@@ -208,11 +248,14 @@ def reason(job, err: Exception) -> str:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(sys.argv[1:] if argv is None else argv)
-    jobs = submit(ns)
+    jobs, runs = submit(ns)
     if not ns.wait:
         return 0
     stream_main_logs(jobs, [f"[{job.job_id}] " if len(jobs) > 1 else "" for job in jobs])
-    return wait_for(jobs)
+    states = wait_for(jobs)
+    if ns.sweep:
+        print(sweep_table(runs, parse_sweep(ns.sweep), states), flush=True)
+    return 1 if "FAILED" in states else 0
 
 
 if __name__ == "__main__":

@@ -72,3 +72,29 @@ def test_bad_input_is_rejected_before_submission(tmp_path, extra, fragment):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("distrib: error:") and fragment in proc.stderr
     assert not (tmp_path / "bad" / "slurm").exists()  # nothing was submitted
+
+
+@pytest.mark.timeout(400)
+def test_a_sweep_ends_with_a_table_of_its_runs_and_their_final_figures(tmp_path):
+    """Two members train, one fails at start (its batch is larger than the data): the table names each with its
+    swept values, its figures from summary.json and how its job ended; the command exits 1."""
+    args = tiny(tmp_path, "sweep", "train.epochs=2", "--sweep", "train.lr=1e-3,3e-3", "--sweep",
+                "train.batch_size=500,100000")
+    proc = run([sys.executable, "-m", "launch.submit", *args, "--local", "--wait"], timeout_s=380, cwd=REPO,
+               env=job_env(tmp_path))
+    assert proc.returncode == 1, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}"
+    out = proc.stdout.splitlines()
+    title = out.index(f"sweep of 4 runs in {tmp_path / 'sweep'} (* lowest validation RMSE):")
+    header, *rows = [line.split() for line in out[title + 1:title + 6]]
+    assert header == ["run.dir", "train.lr", "train.batch_size", "best", "val", "RMSE", "test", "RMSE", "state"]
+    assert [row[1:3] for row in rows] == [["1e-3", "500"], ["1e-3", "100000"], ["3e-3", "500"], ["3e-3", "100000"]]
+    best = {}
+    for name, _, batch, *figures in rows:
+        if batch == "100000":
+            assert figures == ["-", "-", "FAILED"], rows
+            continue
+        summary = json.loads((tmp_path / "sweep" / name / "summary.json").read_text())
+        assert figures[0] == f"{summary['best_val_rmse']:.4f}" and figures[-2:] == [f"{summary['test_rmse']:.4f}", "done"]
+        best[name] = summary["best_val_rmse"]
+    starred = [row[0] for row in rows if "*" in row]
+    assert starred == [min(best, key=best.get)], rows

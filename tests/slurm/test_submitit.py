@@ -68,6 +68,9 @@ def test_sweep_is_one_array_with_a_run_dir_per_member(tmp_path):
     lrs = {re.search(r"\n  lr: (\S+)", (tmp_path / "sweep" / name / "config.yaml").read_text()).group(1)
            for _, _, name, _ in members}
     assert lrs == {"0.001", "0.003"}
+    table = out[out.index(f"sweep of 2 runs in {tmp_path / 'sweep'}"):].splitlines()[2:4]  # after title and header
+    assert [row.split()[0] for row in table] == [name for _, _, name, _ in members]
+    assert all(row.split()[1] in ("1e-3", "3e-3") and row.split()[-1] == "done" for row in table), table
 
 
 @pytest.mark.timeout(240)
