@@ -21,6 +21,12 @@ def _file(tmp_path, text, name="ratings.tsv"):
     return path
 
 
+def _utf16_no_bom(tmp_path):
+    path = tmp_path / "ratings16.tsv"
+    path.write_bytes(GOOD.encode("utf-16-le"))
+    return path
+
+
 def _ml100k_root(tmp_path, rows):
     folder = tmp_path / "mlroot" / "ml-100k"
     folder.mkdir(parents=True)
@@ -89,6 +95,9 @@ CASES = {
     "non-numeric rating": (own_file(GOOD + "4\t10\tgood\n"), "ratings.tsv"),
     "NaN rating": (own_file(GOOD + "4\t10\tnan\n"), "ratings.tsv"),
     "infinite rating": (own_file(GOOD + "4\t10\tinf\n"), "ratings.tsv"),
+    "rating far beyond any scale": (own_file(GOOD + "4\t10\t1e30\n"), "cannot be on a rating scale"),
+    "UTF-16 without its byte-order mark": (lambda t, s: ["data.name=file", f"data.path={_utf16_no_bom(t)}"],
+                                           "UTF-16"),
     "negative id": (ml100k(GOOD + "-4\t10\t3\t1\n"), "u.data"),
     "non-integer id": (ml100k(GOOD + "4.5\t10\t3\t1\n"), "u.data"),
     "duplicate pairs under policy error": (own_file(GOOD, "ratings.tsv", "data.duplicates=error"), "duplicate"),

@@ -46,8 +46,10 @@ def _check_compact_header(stdout: str, run):
     fixed = head.split("changed from the defaults:")[0]  # then the changed keys, as many as the command gave
     assert "resolved config" not in stdout and "n_factors: 8" not in stdout and len(fixed.splitlines()) == 3, head
     assert "synthetic: 300 users" in head and "(train " in head and " / val " in head and " / test " in head
+    assert head.splitlines()[0].endswith(", scale 1-5"), head  # the rating range the model's output spans
     n_params = sum(t.numel() for t in weights(run / "checkpoints/last.pt").values())
-    assert f"model: embeddingnet, {n_params:,} parameters | world size 1 on cpu (single), fp32" in head, head
+    assert (f"model: embeddingnet, {n_params:,} parameters | world size 1 on cpu (single), fp32, "
+            "1 CPU thread (OMP_NUM_THREADS)") in head, head  # train_cli sets OMP_NUM_THREADS=1
     assert f"run.dir: {run} " in head
     changed = head.split("changed from the defaults:")[1]
     assert "model.n_factors=8" in changed and "model.hidden=[32]" in changed and "train.epochs=3" in changed
