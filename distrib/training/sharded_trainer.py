@@ -16,6 +16,7 @@ import math
 import re
 import warnings
 from collections.abc import Iterator
+from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -29,6 +30,8 @@ from distrib.parallel.distributed import bf16_allreduce_hook
 from distrib.parallel.sampler import shard_bounds
 from distrib.parallel.sharding import build_sharded, dense_kernels, dense_state, gather_tables, require_torchrec
 from distrib.parallel.touched_rows import attach_to_optimizer
+from distrib.training.blend import chunked_moments, member_predictor, solve_blend
+from distrib.training.lamb import Lamb
 from distrib.training.schedule import build_scheduler
 from distrib.training.trainer import DeviceSplit, Trainer, build_optimizer
 
@@ -79,16 +82,12 @@ def check_sharding_config(cfg) -> None:
     conflicts = (
         (cfg.train.compile, "train.compile: not supported with dist.embedding_sharding={mode} (TorchRec's sharded "
                             "modules run eager); set train.compile=false"),
-        (cfg.train.precision == "bf16", "train.precision=bf16: dist.embedding_sharding={mode} trains in fp32 only "
-                                        "(train.precision=auto picks fp32 there)"),
         (cfg.train.cuda_graph, "train.cuda_graph: not supported with dist.embedding_sharding={mode} (TorchRec's "
                                "all-to-all runs outside a captured graph); set train.cuda_graph=false"),
-        (cfg.train.optimizer == "lamb", "train.optimizer=lamb: not with dist.embedding_sharding={mode} (its trust "
-                                        "ratio needs each table's whole norm, and a shard holds part of it); use "
-                                        "adam or adamw"),
-        (cfg.model.name == "ensemble" and cfg.model.blend == "validation",
-         "model.blend=validation: not supported with dist.embedding_sharding={mode}; use model.blend=mean or "
-         "dist.embedding_sharding=none"),
+        (cfg.train.optimizer == "lamb" and cfg.dist.embedding_update == "dense",
+         "dist.embedding_update=dense: not with train.optimizer=lamb and dist.embedding_sharding={mode} (a shard's "
+         "trust ratio would depend on the number of ranks); use dist.embedding_update=touched_rows (LAMB per "
+         "looked-up row) or train.optimizer=adamw"),
     )
     for conflict, message in conflicts:
         if conflict:
@@ -97,7 +96,6 @@ def check_sharding_config(cfg) -> None:
 
 
 class ShardedTrainer(Trainer):
-    supports_bf16 = False  # train.precision=auto means fp32 here
     report_model: torch.nn.Module | None = None  # rank 0, after fit: the whole model for plots and W&B
 
     def _build_parallel(self) -> None:
@@ -112,8 +110,8 @@ class ShardedTrainer(Trainer):
             self.ddp._dmp_wrapped_module.register_comm_hook(None, bf16_allreduce_hook)
         self.penalty = build_penalty(cfg.model, self.model)  # after sharding: it reads the tables' slots
         self.optimizer = build_optimizer(self.ddp, cfg, self.device)
-        if update == "touched_rows":
-            attach_to_optimizer(dense_kernels(self.ddp), self.optimizer)
+        if update == "touched_rows":  # train.optimizer=lamb: LAMB on each looked-up row (its own trust ratio)
+            attach_to_optimizer(dense_kernels(self.ddp), self.optimizer, trust_ratio=isinstance(self.optimizer, Lamb))
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch, len(self.train_split))
         self._resume()
 
@@ -164,7 +162,26 @@ class ShardedTrainer(Trainer):
                    keep=self.cfg.run.keep_checkpoints)
 
     def evaluate(self, split: DeviceSplit, model: torch.nn.Module | None = None) -> dict:
-        return lockstep_metrics(self.ddp, split, self.env.rank, self.env.world_size)
+        return lockstep_metrics(self.ddp, split, self.env.rank, self.env.world_size, self.autocast)
+
+    def _stack(self, best_model) -> dict:
+        """model.blend=validation, as the replicated trainer stacks: the members' predictions on validation (one
+        lookup per batch serves every member), the fitted weights set on the live model, best.dcp rewritten."""
+        ensemble, split = self.wrapper.model, self.val_split
+        self.ddp.eval()
+        predict_members = member_predictor(list(ensemble.members), self.autocast)
+
+        def predict(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+            self.wrapper.look_up(users, items)
+            return predict_members(users, items)
+
+        chunks = lockstep_chunks(len(split), self.env.rank, self.env.world_size)
+        weights = solve_blend(*chunked_moments(predict, len(ensemble.members), split.users, split.items,
+                                               split.ratings, chunks))
+        ensemble.set_weights(weights)
+        if (self.run.checkpoints / "best.dcp").is_dir():
+            sckpt.replace_best_model(self.ddp, self.wrapper, self.run.checkpoints)
+        return {"blend_weights": weights, "blend_val_rmse": self.evaluate(split)["rmse"]}
 
     def finish(self) -> dict:
         self.report_model = self._gather_model()  # the last weights, as the replicated trainer reports
@@ -187,20 +204,27 @@ class ShardedTrainer(Trainer):
 
 
 @torch.no_grad()
-def lockstep_metrics(dmp: torch.nn.Module, split: DeviceSplit, rank: int, world_size: int) -> dict:
+def lockstep_metrics(dmp: torch.nn.Module, split: DeviceSplit, rank: int, world_size: int, autocast=None) -> dict:
     """Exact RMSE/MAE over the whole split, as `distrib.training.trainer.sharded_metrics`, but every rank runs the same
     number of forward passes (each one is an all-to-all): a rank whose share is done looks up a padding pair."""
     dmp.eval()
-    device = split.ratings.device
-    lo, hi = shard_bounds(len(split), rank, world_size)
-    largest = shard_bounds(len(split), 0, world_size)[1]  # rank 0's share is never smaller than another's
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
-    for chunk in range(math.ceil(largest / EVAL_BATCH)):
-        start = lo + chunk * EVAL_BATCH
-        stop = min(start + EVAL_BATCH, hi)
-        if stop <= start:
-            dmp(split.users[:1], split.items[:1])
-            continue
-        sums += error_sums(dmp(split.users[start:stop], split.items[start:stop]), split.ratings[start:stop])
+    sums = torch.zeros(3, dtype=torch.float64, device=split.ratings.device)
+    for start, stop in lockstep_chunks(len(split), rank, world_size):
+        rows = slice(start, stop) if stop > start else slice(0, 1)  # an empty chunk looks up one padding pair
+        with autocast or nullcontext():
+            pred = dmp(split.users[rows], split.items[rows])
+        if stop > start:
+            sums += error_sums(pred, split.ratings[rows])
     dist.all_reduce(sums, op=dist.ReduceOp.SUM)
     return from_sums(sums)
+
+
+def lockstep_chunks(n: int, rank: int, world_size: int):
+    """(start, stop) of this rank's evaluation batches over its shard of n items, as many on every rank: a rank
+    whose share is done gets empty chunks (start == stop), for which the caller still runs a forward (one
+    padding pair, its result unused), so that every rank takes part in each all-to-all."""
+    lo, hi = shard_bounds(n, rank, world_size)
+    largest = shard_bounds(n, 0, world_size)[1]  # rank 0's share is never smaller than another's
+    for chunk in range(math.ceil(largest / EVAL_BATCH)):
+        start = min(lo + chunk * EVAL_BATCH, hi)
+        yield start, min(start + EVAL_BATCH, hi)
