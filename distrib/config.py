@@ -184,8 +184,7 @@ class TrainConfig(Section):
                            "train.epochs")
     batch_ramp_epochs: int | Literal["auto"] = option(
         "auto", "> 0: the global batch grows geometrically from ref_batch_size to batch_size over this many "
-                "epochs, the lr following lr_scaling; auto: 6 when batch_size > 4 x ref_batch_size, else 0 "
-                "(docs/batch_scaling.md)", ge=0)
+                "epochs; auto: 6 above 4 x ref_batch_size, else 0 (docs/batch_scaling.md)", ge=0)
     cycle_epochs: float = option(2.0, "cosine restarts every this many epochs", gt=0.0)
     eta_min_ratio: float = option(0.1, "the cosine floor, as a fraction of the peak lr", ge=0.0, le=1.0)
     optimizer: Literal["adam", "adamw", "lamb"] = option(
@@ -199,8 +198,8 @@ class TrainConfig(Section):
     refit: bool = option(False, "then retrain from the same initial weights on training + validation "
                                 "ratings for the best epoch count, in run.dir/refit", changeable=True)
     precision: Literal["auto", "fp32", "bf16"] = option(
-        "auto", "auto: bf16 where the device computes it natively (CUDA with bf16, AVX512-BF16/AMX CPUs), else "
-                "fp32; bf16: autocast with fp32 master weights", changeable=True)
+        "auto", "auto: bf16 where the device has it natively (CUDA, AVX512-BF16/AMX CPUs), else fp32; bf16: "
+                "autocast, fp32 master weights", changeable=True)
     compile: bool = option(False, "torch.compile the model", changeable=True)
     cuda_graph: bool = option(False, "capture the whole step as one CUDA graph (one process); on CPU the same "
                                      "static-shape step runs eagerly", changeable=True)
@@ -233,12 +232,12 @@ class DistConfig(Section):
                                                                "(half the bytes)",
                                                        changeable=True)
     embedding_sharding: Literal["none", "row_wise", "table_wise", "auto"] = option(
-        "none", "none: whole tables on every rank (DDP); else tables sharded by TorchRec (auto: its planner), "
-                "the rest in DDP (docs/sharding.md)")
+        "none", "none: whole tables on every rank (DDP); else sharded by TorchRec (auto: its planner; "
+                "docs/sharding.md)")
     embedding_update: Literal["auto", "touched_rows", "dense"] = option(
-        "auto", "touched_rows: Adam updates only the rows a step looked up (lazy Adam, as FBGEMM's); dense: every "
-                "row; auto: touched_rows for sharded tables, and for whole tables in one process when a step "
-                "looks up at most 10% of their rows", changeable=True)
+        "auto", "touched_rows: Adam updates only the rows a step looked up (lazy Adam); dense: every row; auto: "
+                "touched_rows when sharded, or in one process when a step looks up <= 10% of the rows",
+        changeable=True)
 
 
 @dataclass
