@@ -134,7 +134,9 @@ def open_run_dir(cfg: Config, env: DistEnv):
 
 
 def finished_summary(trainer, run_dir) -> dict | None:
-    """A finished run's summary.json, when the run is finished and its end-of-run outputs are all there."""
+    """A finished run's summary.json, when the run is finished and its end-of-run outputs are all there: the
+    summary is the end's last write, so a run stopped anywhere in its end (plots, W&B) has none, and does it all
+    again (each step is idempotent: the same figures from best.pt, the same plots, W&B resumed and finished)."""
     summary = None
     if trainer.env.is_main and trainer.finished:
         try:
@@ -200,14 +202,16 @@ def run(cfg: Config, env: DistEnv, device, run_dir, data, requested: Config | No
             from distrib.report.summary import finish_run
 
             finish_run(trainer, tracker, summary)
-        tracker.close(0)
-        return summary, False
     except Diverged as err:  # said with what run.dir holds now and the fixes that apply to this run
         tracker.close(1)
         raise err.explained(run_dir.saved_checkpoints(), trainer.precision) from None
     except BaseException:
         tracker.close(1)
         raise
+    tracker.close(0)
+    if env.is_main:  # last: its presence says the whole end is done (finished_summary)
+        run_dir.write_json("summary.json", summary)
+    return summary, False
 
 
 def train_job(cfg: Config, env: DistEnv, device) -> None:
@@ -232,7 +236,9 @@ def train_job(cfg: Config, env: DistEnv, device) -> None:
                                          refit_config(requested, first["best_epoch"], first.get("blend_weights")))
             finally:
                 refit_dir.close()
-            was_done = was_done and refit_done
+            # Finished before means the top-level summary.json was already combined with the refit's: a job
+            # stopped between the refit's summary and that write combines them now.
+            was_done = was_done and refit_done and "phase1" in summary
             if not was_done:
                 summary = refit_summary(first, second)
                 if env.is_main:  # the top-level summary describes the model the run ships: the refit's

@@ -7,7 +7,16 @@ import math
 import pytest
 import torch
 
-from distrib.models.dropout import dropout, keep_mask, keep_scale, relu_dropout, relu_dropout_
+from distrib.models.dropout import (
+    DropoutKey,
+    _mix64,
+    _mix64_,
+    dropout,
+    keep_mask,
+    keep_scale,
+    relu_dropout,
+    relu_dropout_,
+)
 
 N = 400_000
 
@@ -106,3 +115,57 @@ def test_compiled_masks_differ_per_call_and_gradients_follow_them():
     assert not torch.equal(a != 0, b != 0)
     (a.sum()).backward()
     assert torch.equal(x.grad != 0, a != 0)
+
+
+def _key(step: int, first: int, seed: int = 0) -> DropoutKey:
+    key = DropoutKey.build(torch.device("cpu"))
+    key.point_at(seed, step, first)
+    return key
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.02, 0.2, 0.5])
+def test_keyed_masks_follow_the_global_position_not_the_batch_split(dtype, p):
+    """A global batch of 600 rows, whole on one rank or split 200/200/200 over three: the same masks, row by row."""
+    x = torch.randn(600, 70).to(dtype)
+    whole = [dropout(x, p, True, _key(7, 0), stream=0), relu_dropout_(x.clone(), p, True, _key(7, 0), stream=1)]
+    for lo in (0, 200, 400):
+        part = x[lo:lo + 200]
+        assert torch.equal(dropout(part, p, True, _key(7, lo), stream=0), whole[0][lo:lo + 200])
+        assert torch.equal(relu_dropout_(part.clone(), p, True, _key(7, lo), stream=1), whole[1][lo:lo + 200])
+
+
+def test_keyed_masks_differ_by_seed_step_layer_and_model_and_keep_the_rate():
+    x = torch.ones(2000, 200)
+    masks = [dropout(x, 0.2, True, key, stream) != 0 for key, stream in
+             [(_key(3, 0), 0), (_key(4, 0), 0), (_key(3, 0), 1), (_key(3, 0).salted(1), 0), (_key(3, 0, seed=1), 0)]]
+    for i, a in enumerate(masks):
+        assert 1 - a.float().mean().item() == pytest.approx(13107 / 65536, abs=5 * math.sqrt(0.2 * 0.8 / x.numel()))
+        for b in masks[i + 1:]:
+            assert 0.6 < (a == b).float().mean().item() < 0.7  # independent masks agree on 0.8^2 + 0.2^2 = 68%
+    kept = masks[0].float()
+    for a, b in ((kept[:, :-1], kept[:, 1:]), (kept[:-1], kept[1:])):  # neighbours in a row and across rows
+        a, b = a - a.mean(), b - b.mean()
+        assert abs(((a * b).mean() / kept.var()).item()) < 5 / math.sqrt(a.numel())
+
+
+def test_the_word_mixer_on_tensors_equals_the_one_on_python_ints():
+    words = [0, 1, -1, 2**63 - 1, -(2**63), 123456789123456789]
+    mixed = _mix64_(torch.tensor(words, dtype=torch.int64)).tolist()
+    assert [m % 2**64 for m in mixed] == [_mix64(w % 2**64) for w in words]
+
+
+def test_a_compiled_forward_reads_the_key_rewritten_in_place():
+    key = _key(0, 0)
+
+    def f(x):
+        return relu_dropout_(x * 1.0, 0.2, True, key, stream=1)
+
+    compiled = torch.compile(f, fullgraph=True)
+    x = torch.rand(300, 40) + 0.5
+    outputs = []
+    for step in range(3):
+        key.point_at(0, step, 0)
+        outputs.append(compiled(x))
+        assert torch.equal(outputs[-1], f(x))
+    assert not torch.equal(outputs[0], outputs[1])

@@ -93,7 +93,7 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     assert "resumed from" in proc.stdout and "at epoch 2" in proc.stdout
     assert [r["epoch"] for r in metrics(tmp_path / "split")] == [1, 2, 3, 4]
     a, b = weights(tmp_path / "whole/checkpoints/last.pt"), weights(tmp_path / "split/checkpoints/last.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a)  # dropout on: masks are replayed exactly per (rank, epoch)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # dropout on: masks are keyed by (seed, step, position)
     assert metrics(tmp_path / "whole")[-1]["val_rmse"] == metrics(tmp_path / "split")[-1]["val_rmse"]
 
 

@@ -5,12 +5,16 @@ A model answers for itself instead of being recognised by its class or module:
 - `owns_penalty`: whether it brings its own L2 term (`penalty`) instead of the per-rating one on its tables;
 - `embedding_tables()`: its embedding lookups by role ("user", "movie", "user_bias", "movie_bias"), which
   the per-rating penalty regularises and a sharded trainer may place on other devices;
-- `item_vectors()`: one vector per movie, for the embedding plot, table and PCA.
+- `item_vectors()`: one vector per movie, for the embedding plot, table and PCA;
+- `use_dropout_key(key)`: draw dropout masks per sample from the trainer's key (distrib.models.dropout), so that
+  any world size trains the same model; a model without dropout ignores it.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from distrib.models.dropout import DropoutKey
 
 
 class RatingModel(nn.Module):
@@ -18,6 +22,14 @@ class RatingModel(nn.Module):
 
     needs_train_ratings = False
     owns_penalty = False
+    dropout_key: DropoutKey | None = None  # None: masks from torch's default generator
+
+    def use_dropout_key(self, key: DropoutKey | None) -> None:
+        """Key this model's dropout masks, and each member's with its own salt (two members of one kind would
+        otherwise drop the same units of the same samples)."""
+        models = [module for module in self.modules() if isinstance(module, RatingModel)]
+        for salt, model in enumerate(models):
+            model.dropout_key = None if key is None else key.salted(salt)
 
     def attach_train(self, train) -> None:
         """Read the training split (parallel arrays users, items, ratings); only models that need it do."""

@@ -14,7 +14,8 @@ The normalised "rated" matrix is a float16 buffer (users x movies) that the
 trainer fills once with `attach_train` and the checkpoint carries, as I-AutoRec's rating matrix.
 
 The modules are the article's (same state_dict keys), but forward fuses each hidden ReLU with its dropout and
-draws masks with `distrib.models.dropout`, which on CPU is much cheaper than `nn.Dropout`'s bernoulli.
+draws masks with `distrib.models.dropout`, which on CPU is much cheaper than `nn.Dropout`'s bernoulli; in training,
+keyed by each sample's position in the global batch (`use_dropout_key`), so the masks do not depend on the world size.
 """
 from __future__ import annotations
 
@@ -99,9 +100,10 @@ class EmbeddingNet(RatingModel):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         user, movie = self.user_vectors(users), self.m(items)
-        x = dropout(torch.cat([user, movie], dim=1), self.drop.p, self.training)
-        for linear, drop in self._blocks:
-            x = relu_dropout_(linear(x), drop.p if drop is not None else 0.0, self.training)
+        key = self.dropout_key  # the trainer's: masks keyed by each sample's place in the global batch
+        x = dropout(torch.cat([user, movie], dim=1), self.drop.p, self.training, key, stream=0)
+        for layer, (linear, drop) in enumerate(self._blocks, start=1):
+            x = relu_dropout_(linear(x), drop.p if drop is not None else 0.0, self.training, key, stream=layer)
         logit = self.fc(x).squeeze(-1)
         if self.dot:
             logit = logit + (user.float() * movie.float()).sum(-1)

@@ -27,10 +27,11 @@ from distrib.data import PreparedData, RatingSplit
 from distrib.errors import UserError
 from distrib.metrics.rating import EVAL_BATCH, error_sums, from_sums
 from distrib.models import build_model, build_penalty
+from distrib.models.dropout import DropoutKey
 from distrib.parallel.distributed import DistEnv, wrap_ddp
 from distrib.parallel.sampler import epoch_permutation, rank_batches, rank_slice, shard_bounds, steps_per_epoch
-from distrib.report.console import epoch_line
 from distrib.parallel.sparse_tables import attach_sparse_tables, replicated_touched_rows
+from distrib.report.console import epoch_line
 from distrib.report.progress import EpochProgress
 from distrib.report.tracking import epoch_metrics
 from distrib.training.blend import fit_blend
@@ -84,6 +85,8 @@ class Trainer:
                             f"({len(self.train_split)} ratings): an epoch would have no step; lower train.batch_size")
         torch.manual_seed(cfg.train.seed)  # the same initial weights whatever the world size
         self.model = build_model(cfg.model, data.n_users, data.n_items, data.rating_min, data.rating_max).to(device)
+        self.dropout_key = DropoutKey.build(device)  # masks keyed by each sample's place in the global batch
+        self.model.use_dropout_key(self.dropout_key)
         if self.model.needs_train_ratings:  # its input is the training rating matrix (autorec)
             self.model.attach_train(data.train)
         self.n_parameters = sum(p.numel() for p in self.model.parameters())  # whole tables: before any sharding
@@ -166,13 +169,14 @@ class Trainer:
         """One pass over this rank's batches of the training split; the global mean squared error."""
         cfg, env = self.cfg.train, self.env
         batch = batch_at(cfg, epoch)
-        torch.manual_seed(_seed_for(cfg.seed, env.rank, epoch))  # dropout masks: distinct per rank, replayable
+        first_row = rank_slice(batch, env.rank, env.world_size)[0]  # of this rank's part, in the global batch
         self.ddp.train()
         perm = epoch_permutation(len(self.train_split), cfg.seed, epoch, self.device)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         bar = EpochProgress(self.env.is_main, len(self.train_split) // batch, epoch + 1, cfg.epochs, batch,
                             cfg.log_every_s)
         for idx in rank_batches(perm, batch, env.rank, env.world_size):
+            self.dropout_key.point_at(cfg.seed, self.progress.step, first_row)  # the same masks on any world size
             sq_sum = self.train_step(idx)
             total += sq_sum.detach()
             self._after_step(sq_sum, idx)
@@ -263,8 +267,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "early_stopping": self.early.state_dict(),
             "progress": vars(self.progress).copy(),
-            # Dropout masks are re-seeded from (seed, rank, epoch) at each epoch start, so this state is
-            # informative: resuming at an epoch boundary reproduces every rank's stream exactly.
+            # Informative: dropout masks are keyed by (seed, step, position in the global batch), not drawn from it.
             "rng": {"torch": torch.get_rng_state(), "seed": self.cfg.train.seed},
             "config": to_dict(self.cfg),
             "data": {"n_users": self.data.n_users, "n_items": self.data.n_items,
@@ -301,9 +304,7 @@ class Trainer:
         if self.data.test is not None and len(self.data.test) and not self.cfg.train.refit:
             test = self.evaluate(to_device(self.data.test, self.device), best_model)
             summary.update(test_rmse=test["rmse"], test_mae=test["mae"])
-        if self.env.is_main:
-            self.run.write_json("summary.json", summary)
-        return summary
+        return summary  # the caller writes summary.json once the rest of the run's end is done
 
     def _stack(self, best_model) -> dict:
         """Stacking: the best checkpoint's members blended by weights fitted on validation alone; best.pt then
@@ -357,6 +358,3 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -
                      betas=tuple(cfg.train.betas), fused=fused or None,
                      **graph_optimizer_options(device, cfg.train.cuda_graph))
 
-
-def _seed_for(seed: int, rank: int, epoch: int) -> int:
-    return (seed * 1_000_003 + rank * 10_007 + epoch * 101 + 1) % (2**63 - 1)
