@@ -76,6 +76,11 @@ def first_to_say(line: str) -> bool:
     return True
 
 
+class UnsafeCheckpoint(UserError):
+    """A checkpoint holds pickled objects other than weights and the records that describe them: never
+    unpickled (distrib.checkpoint.replicated and .sharded refuse it in one line)."""
+
+
 class JobError(UserError):
     """The job itself failed in a way the user must act on (diverged loss, lost rank): one line, exit 2."""
 

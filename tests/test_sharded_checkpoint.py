@@ -20,8 +20,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-from distrib.checkpoint.replicated import UnsafeCheckpoint
 from distrib.checkpoint.sharded import META, SafeReader, read_meta, read_metadata
+from distrib.errors import UnsafeCheckpoint
 from tests.helpers import (
     REPO,
     assert_equal_weights,

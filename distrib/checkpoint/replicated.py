@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from distrib.errors import UserError
+from distrib.errors import UnsafeCheckpoint, UserError
 from distrib.fsutil import atomic_torch_save, torch_bytes, write_temp
 
 log = logging.getLogger("distrib")
@@ -67,10 +67,6 @@ def check_best_loads(best: Path) -> None:
 def candidates(ckpt_dir: Path) -> list[Path]:
     found = [ckpt_dir / "last.pt"] + sorted(ckpt_dir.glob("last.[0-9]*.pt"), key=lambda p: int(p.stem.split(".")[1]))
     return [p for p in found if p.exists()]
-
-
-class UnsafeCheckpoint(UserError):
-    """A checkpoint holds pickled objects other than tensors and plain containers: never unpickled."""
 
 
 def read(path: Path, map_location="cpu") -> dict:

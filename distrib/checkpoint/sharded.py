@@ -39,8 +39,7 @@ from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 
-from distrib.checkpoint.replicated import UnsafeCheckpoint
-from distrib.errors import JobError, UserError
+from distrib.errors import JobError, UnsafeCheckpoint, UserError
 from distrib.fsutil import NO_SPACE, NoSpace, torch_bytes
 from distrib.parallel.sharding import ShardedLookupModel, table_state_keys
 
