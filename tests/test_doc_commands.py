@@ -41,10 +41,6 @@ FENCE = re.compile(r"^```bash\n(.*?)^```", re.M | re.S)
 ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
 LOCAL_DATA = ("ml-100k", "ml-latest-small")  # the releases $DISTRIB_TEST_DATA holds
 ASSUMED_GPUS_PER_NODE = 8  # --nproc_per_node=gpu: a world size to check the batch against
-KNOWN_TO_FAIL = {  # the arguments a command holds -> why it fails today
-    ("configs/ml-100k.yaml", "dist.embedding_sharding=row_wise"):
-        "an ensemble blended on validation is refused in a sharded mode (model.blend=validation)",
-}
 
 
 @dataclass(frozen=True)
@@ -101,10 +97,6 @@ class Job:
     world_size: int
     needs: frozenset[str]
     launcher_options: tuple[str, ...] = ()
-
-    @property
-    def known_failure(self) -> str | None:
-        return next((why for held, why in KNOWN_TO_FAIL.items() if set(held) <= set(self.args)), None)
 
 
 def option(words: list[str], name: str, default: str) -> str:
@@ -200,11 +192,6 @@ def job_id(job: Job) -> str:
     return f"{job.shown} [{', '.join(sorted(job.needs)) or 'here'}]"
 
 
-def known_failure_marks(job: Job):
-    why = job.known_failure
-    return [pytest.mark.xfail(reason=why, strict=False)] if why else []
-
-
 def kind(shown: Shown) -> str:
     """What a command is, so that each kind has its check; every command of the documents must have one."""
     kinds = []
@@ -246,7 +233,7 @@ def test_every_command_is_valid_shell(shown):
     assert proc.returncode == 0, f"{shown}: {proc.stderr}"
 
 
-@pytest.mark.parametrize("job", [pytest.param(j, id=job_id(j), marks=known_failure_marks(j)) for j in JOBS])
+@pytest.mark.parametrize("job", JOBS, ids=job_id)
 def test_every_training_command_passes_the_checks_made_before_training(job):
     for path in (a for a in job.args if a.endswith((".yaml", ".yml"))):
         assert (REPO / path).is_file(), f"{job.shown}: {path} does not exist"
@@ -300,7 +287,7 @@ def run_as_written(job: Job, workroot: Path, data_root: Path | None) -> tuple[Pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("job", [pytest.param(j, id=job_id(j), marks=known_failure_marks(j)) for j in RUN_HERE])
+@pytest.mark.parametrize("job", RUN_HERE, ids=job_id)
 def test_training_commands_that_need_nothing_more_run_as_written_for_one_epoch(job, workroot, request):
     data_root = request.getfixturevalue("data_root") if "data" in job.needs else None
     folder, proc = run_as_written(job, workroot, data_root)
