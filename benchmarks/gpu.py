@@ -1,55 +1,127 @@
 """Everything that needs a GPU machine, in one prepared pass: the one GPU entry point.
 
-    python -m benchmarks.gpu [--parts hot-loop ddp e2e cpu] [--data-root DIR] [--out DIR]
-    python -m benchmarks.gpu --parts hot-loop --device cpu --sizes ml-100k --variants fp32   # a CPU smoke test
-    python -m benchmarks.gpu --parts large-batch --device cpu   # the large-batch part's CPU smoke test
+    python -m benchmarks.gpu --out $OUT [--data-root DIR]                # one CUDA GPU, from the repo root
+    python -m benchmarks.gpu --out DIR --device cpu --smoke              # every part at toy sizes, on CPU
+    python -m benchmarks.gpu --out $OUT --parts job --limit job=300      # one part, a longer limit
 
-Parts (each in its own time limit; logs and figures under --out):
-- hot-loop: the GPU's measured fp32/tf32/bf16 matmul rates, then per size and variant samples/s of the training
-  loop (`Trainer.train_epoch`, data resident on the GPU), ms/step, and the achieved matmul FLOP/s as a share of
-  the measured bf16 rate. The article's configuration on synthetic ratings of ml-100k and ml-25m size (no data
-  files needed); ml-25m size means its embedding tables (162,541 users, 59,047 items: 33 M of the model's 34 M
-  parameters, updated densely every step); the timed epoch covers `--ratings` random ratings of that id space,
-  since the step cost does not depend on the epoch's length.
-- large-batch: the article's model at ml-25m's shape (its embedding tables, all updated by Adam every step),
-  global batch 2k/32k/256k, eager against the captured step (train.cuda_graph): samples/s, ms/step and the share
-  of the measured 8192^3 matmul rate in the precision trained in (train.precision=auto, bf16 on a GPU that has
-  it). Each timed epoch covers --steps random batches of that id space; a first, untimed epoch warms up (and
-  captures the graph). With --device cpu: ml-100k's id space, batches 256 and 512, tiny epochs (a smoke test).
-- ddp: a 1-process NCCL DDP run under torchrun: ms/step with and without gradient sync, all_reduce of the grads.
-- e2e: the real job end to end on CUDA under torchrun (NCCL, bf16): the quick start, then configs/ml-100k.yaml
-  (I-AutoRec + MF with its refit phase) on ml-100k u1 from --data-root.
-- cpu: 1 rank x 1 thread against 2 gloo ranks x 1 thread (`benchmarks.scaling`) and the article loop against
-  distrib at 1 thread (`benchmarks.throughput --quick`), on the GPU machine's quiet many-core host.
-Asserts nothing about time.
+Parts, in this order, each a subprocess under its own time limit (`--limit PART=SECONDS`); each writes
+PART.json (its figures, rewritten after every row, so a part stopped at its limit keeps what it measured) and
+PART.log (all it printed) to --out, and the figure lines are echoed here:
+- throughput (`benchmarks.gpu_throughput`): the article's model at ml-25m's shape, global batch 2k/32k/128k,
+  replicated (fp32 eager; bf16 eager / train.compile / train.cuda_graph) and sharded (row_wise, 1-process
+  torchrun): samples/s and the share of the measured bf16 matmul rate side by side; a profile of the fastest.
+- accuracy (`benchmarks.gpu_accuracy`): the fastest replicated configuration (read from throughput.json)
+  trained to early stopping on ml-100k u1 and ml-latest-small, test RMSE beside the batch-2000 figures.
+- job (`benchmarks.gpu_job`): the real job under torchrun (NCCL on CUDA): ml-25m's config on synthetic data of
+  its shape, replicated (SIGKILLed mid-epoch, then resumed) and sharded; the quick start; configs/ml-100k.yaml;
+  the captured step through the entry point.
+- cpu (only when named): 1 rank x 1 thread against 2 gloo ranks (`benchmarks.scaling`) and the article loop
+  against distrib (`benchmarks.throughput --quick`), on the GPU machine's quiet many-core host.
+Run directories and data caches go to --work (a temporary folder by default), never to --out: what comes back
+from a lent machine is a handful of files. Asserts nothing about time.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import platform
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.harness import REPO, SINGLE, article_config, fmt_rate, time_call, time_epochs, train_flops_per_sample
-from distrib.checkpoint.rundir import RunDir
+from benchmarks.harness import REPO, time_call
 from distrib.data import PreparedData, RatingSplit
-from distrib.training.precision import cpu_description, resolve_precision
-from distrib.training.trainer import Trainer
 
-SIZES = {"ml-100k": (943, 1682, 100_000), "ml-25m": (162_541, 59_047, 25_000_095)}
-VARIANTS = {"fp32": ["train.precision=fp32"], "bf16": ["train.precision=bf16"],
-            "fp32+compile": ["train.precision=fp32", "train.compile=true"],
-            "bf16+compile": ["train.precision=bf16", "train.compile=true"]}
+ML_25M = (162_541, 59_047)  # users, movies of MovieLens 25M
+PARTS = ("throughput", "accuracy", "job", "cpu")
+DEFAULT_PARTS = ("throughput", "accuracy", "job")
+# A lent GPU machine runs one command for at most 10 minutes: the default parts' limits add up to 9.5 (CPU
+# smoke runs get SMOKE_CPU_LIMIT_FACTOR times as long).
+LIMITS_S = {"throughput": 190, "accuracy": 110, "job": 270, "cpu": 300}
+FIGURE_MARKS = ("|", "=")  # the lines a part prints for this summary: table rows and one-line results
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The throughput sizes of one pass (the other parts keep their own smoke settings): the real pass on a GPU,
+    or toy sizes that check every part in a minute or two."""
+
+    users: int
+    items: int
+    batches: tuple[int, ...]
+    steps: int  # steps per timed epoch: the step's cost does not depend on the epoch's length
+    epochs: int  # timed epochs per row
+    profile_steps: int
+    smoke: bool = False
+
+
+FULL = Scale(users=ML_25M[0], items=ML_25M[1], batches=(2000, 32000, 128000), steps=30, epochs=2, profile_steps=20)
+SMOKE = Scale(users=2000, items=1000, batches=(256, 512, 1024), steps=2, epochs=1, profile_steps=2, smoke=True)
+
+
+# Smoke runs of the accuracy and job parts train a small model: they check the runs, not the article's figures.
+SMOKE_MODEL = ("model.n_factors=8", "model.hidden=[32]", "model.dropouts=[0.1]")
+SMOKE_CPU_LIMIT_FACTOR = 3  # a loaded 2-core CPU starts processes and trains slower than a GPU machine
+
+
+def scale(smoke: bool) -> Scale:
+    return SMOKE if smoke else FULL
+
+
+def part_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every part takes (the entry point passes them on)."""
+    parser.add_argument("--out", type=Path, required=True, help="figures (PART.json) and logs")
+    parser.add_argument("--work", type=Path, required=True, help="run directories and data caches")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--smoke", action="store_true", help="toy sizes: checks that the part works")
+    parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("DISTRIB_TEST_DATA", "data")),
+                        help="holds ml-100k/ and ml-latest-small/")
+
+
+class Figures:
+    """One part's PART.json, rewritten whole after each change (atomically: a reader never sees half a file)."""
+
+    def __init__(self, path: Path, **header):
+        self.path = path
+        self.data = {**header, "rows": []}
+        self.save()
+
+    def add_row(self, row: dict) -> dict:
+        self.data["rows"].append(row)
+        self.save()
+        return row
+
+    def set(self, **values) -> None:
+        self.data.update(values)
+        self.save()
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        tmp.replace(self.path)
+
+
+def machine(device: str) -> dict:
+    """What the figures were measured on."""
+    from distrib.training.precision import cpu_description
+
+    info = {"cpu": cpu_description(), "torch": torch.__version__, "python": platform.python_version()}
+    if device == "cuda":
+        info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
+                    nccl=".".join(map(str, torch.cuda.nccl.version())))
+    return info
 
 
 def synthetic(n_users: int, n_items: int, n_ratings: int, seed: int = 0) -> PreparedData:
+    """Uniform random ratings over an id space: enough for timing a step (its cost ignores the values)."""
     rng = np.random.default_rng(seed)
 
     def split(n):
@@ -62,230 +134,175 @@ def synthetic(n_users: int, n_items: int, n_ratings: int, seed: int = 0) -> Prep
                         description=f"synthetic {n_users} users, {n_items} items, {n_ratings} ratings")
 
 
-def gpu_rates() -> dict:
+def device_rates(device: str) -> dict:
+    """Measured matmul FLOP/s per precision (square products: 8192 on a GPU, 512 on a CPU) and the device's
+    copy bandwidth (bytes read + written per second)."""
+    on_gpu = device == "cuda"
+    n = 8192 if on_gpu else 512
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     rates = {}
-    n = 8192
     for name, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True),
                               ("bf16", torch.bfloat16, False)):
+        if tf32 and not on_gpu:
+            continue
         torch.backends.cuda.matmul.allow_tf32 = tf32
-        a = torch.randn(n, n, device="cuda", dtype=dtype)
-        b = torch.randn(n, n, device="cuda", dtype=dtype)
-        seconds = time_call(lambda: (a @ b, torch.cuda.synchronize()), repeat=10, warmup=3)
-        rates[name] = 2 * n ** 3 / seconds
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        rates[name] = 2 * n ** 3 / time_call(lambda a=a, b=b: (a @ b, sync()), repeat=10 if on_gpu else 3, warmup=2)
     torch.backends.cuda.matmul.allow_tf32 = False
+    source = torch.empty(2 ** 28 if on_gpu else 2 ** 22, device=device)  # 1 GiB on a GPU
+    target = torch.empty_like(source)
+    seconds = time_call(lambda: (target.copy_(source), sync()), repeat=10 if on_gpu else 3)
+    rates["copy_bytes_per_s"] = 2 * source.numel() * source.element_size() / seconds
     return rates
 
 
-def time_variant(data: PreparedData, overrides: list[str], env=SINGLE, epochs: int = 2, device: str = "cuda") -> dict:
-    cfg = article_config("data.name=synthetic", "data.split=random", f"train.device={device}",
-                         "train.log_every_steps=1000000", *overrides)
-    device = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with tempfile.TemporaryDirectory(prefix="distrib-gpu-") as tmp:
-        run = RunDir(tmp)
-        run.open()
-        trainer = Trainer(cfg, env, device, data, run)
-        warm_s, seconds = time_epochs(trainer, epochs, sync)
-        no_sync_s = None
-        if hasattr(trainer.ddp, "no_sync"):
-            with trainer.ddp.no_sync():
-                started = time.perf_counter()
-                for epoch in range(1 + epochs, 1 + 2 * epochs):
-                    trainer.train_epoch(epoch)
-                no_sync_s = time.perf_counter() - started
-        run.close()
-    steps = trainer.steps_per_epoch * epochs
-    out = {"samples_per_s": steps * cfg.train.batch_size / seconds, "step_ms": 1e3 * seconds / steps,
-           "warmup_s": warm_s, "flops_per_sample": train_flops_per_sample(cfg),
-           "params_m": sum(p.numel() for p in trainer.model.parameters()) / 1e6}
-    if no_sync_s is not None:
-        out["step_no_sync_ms"] = 1e3 * no_sync_s / steps
-    return out
+# ---- the entry point ---------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    part: str
+    status: str  # ok, failed (exit code N), timed out after N s
+    seconds: float
+    figures: list[str] = field(default_factory=list)
 
 
-def ddp_main(args) -> None:
-    import torch.distributed as dist
-
-    from distrib.parallel.distributed import close_process_group, init_process_group, resolve_env, select_device
-
-    env = resolve_env()
-    print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}", flush=True)
-    device = select_device("cuda", env.local_rank)
-    init_process_group(env, device, "nccl", 120.0)
-    for size in args.sizes:
-        n_users, n_items, _ = SIZES[size]
-        data = synthetic(n_users, n_items, min(SIZES[size][2], args.ratings))
-        r = time_variant(data, VARIANTS["bf16"], env=env)
-        buffer = torch.zeros(int(r["params_m"] * 1e6), device=device)
-        r["allreduce_ms"] = 1e3 * time_call(lambda: (dist.all_reduce(buffer), torch.cuda.synchronize()), repeat=20)
-        if env.is_main:
-            print(f"DDP nccl x{env.world_size} {size:8s} bf16: {r['samples_per_s']:12,.0f} samples/s "
-                  f"{r['step_ms']:7.2f} ms/step, no_sync {r['step_no_sync_ms']:7.2f} ms/step, "
-                  f"all_reduce of {4 * r['params_m']:.0f} MB grads {r['allreduce_ms']:.2f} ms", flush=True)
-    close_process_group()
-
-
-def hot_loop(args) -> None:
-    if args.device == "cuda":
-        print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}", flush=True)
-        rates = gpu_rates()
-    else:
-        rates = {"bf16": float("nan")}
-    print("measured matmul rates (8192^3): " + ", ".join(f"{k} {fmt_rate(v)}" for k, v in rates.items()), flush=True)
-    rows = []
-    for size in args.sizes:
-        n_users, n_items, n_ratings = SIZES[size]
-        data = synthetic(n_users, n_items, min(n_ratings, args.ratings))
-        for name in args.variants:
-            r = time_variant(data, VARIANTS[name], device=args.device)
-            achieved = r["samples_per_s"] * r["flops_per_sample"]
-            rows.append({"size": size, "variant": name, **r})
-            print(f"{size:8s} {name:13s} {r['samples_per_s']:12,.0f} samples/s {r['step_ms']:7.2f} ms/step "
-                  f"{fmt_rate(achieved):>14s} = {100 * achieved / rates['bf16']:5.2f}% of bf16 peak "
-                  f"({r['params_m']:.1f} M params, warm-up epoch {r['warmup_s']:.1f}s)", flush=True)
-    print("JSON " + json.dumps({"rates": rates, "rows": rows}))
-
-
-LARGE_BATCH_VARIANTS = {"eager": [], "graphed": ["train.cuda_graph=true"]}
-
-
-def time_batch(data: PreparedData, batch: int, variant: str, device: torch.device, epochs: int) -> dict:
-    cfg = article_config(f"train.batch_size={batch}", "train.patience=0", "train.log_every_steps=1000000",
-                         f"train.device={device.type}", *LARGE_BATCH_VARIANTS[variant])
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with tempfile.TemporaryDirectory(prefix="distrib-gpu-batch-") as tmp:
-        run = RunDir(tmp)
-        run.open()
-        try:
-            trainer = Trainer(cfg, SINGLE, device, data, run)
-            warm_s, seconds = time_epochs(trainer, epochs, sync)
-        finally:
-            run.close()
-    steps = trainer.steps_per_epoch * epochs
-    return {"batch": batch, "variant": variant, "precision": trainer.precision,
-            "samples_per_s": steps * batch / seconds, "step_ms": 1e3 * seconds / steps, "warmup_s": warm_s,
-            "flops_per_sample": train_flops_per_sample(cfg)}
-
-
-def cpu_rates(n: int = 512) -> dict:
-    rates = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = (torch.randn(n, n, dtype=dtype) for _ in range(2))
-        rates[name] = 2 * n ** 3 / time_call(lambda: a @ b, repeat=3, warmup=1)
-    return rates
-
-
-def large_batch(args) -> None:
-    if args.device == "cpu":  # the smoke test: small shapes, so that it checks the part works in a few minutes
-        device, (n_users, n_items, _) = torch.device("cpu"), SIZES["ml-100k"]
-        batches, steps, epochs = [256, 512], 2, 1
-        print(f"smoke run on {cpu_description()}; torch {torch.__version__}", flush=True)
-        rates = cpu_rates()
-    else:
-        device, (n_users, n_items, _) = torch.device("cuda", torch.cuda.current_device()), SIZES["ml-25m"]
-        batches, steps, epochs = args.batches, args.steps, 2
-        print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}", flush=True)
-        rates = gpu_rates()
-    print("measured matmul rates: " + ", ".join(f"{k} {fmt_rate(v)}" for k, v in rates.items()), flush=True)
-    print(f"precision: train.precision=auto -> {resolve_precision('auto', device)}", flush=True)
-    rows = []
-    for batch in batches:
-        data = synthetic(n_users, n_items, batch * steps)
-        for variant in LARGE_BATCH_VARIANTS:
-            r = time_batch(data, batch, variant, device, epochs)
-            achieved = r["samples_per_s"] * r["flops_per_sample"]
-            r["share"] = achieved / rates[r["precision"]]  # of the measured rate in the precision it trained in
-            rows.append(r)
-            print(f"batch {batch:7d} {variant:8s} {r['precision']}: {r['samples_per_s']:14,.0f} samples/s "
-                  f"{r['step_ms']:8.2f} ms/step {fmt_rate(achieved):>14s} = {100 * r['share']:6.2f}% of the "
-                  f"{r['precision']} rate (warm-up epoch {r['warmup_s']:.1f}s)", flush=True)
-        del data
-    print("JSON " + json.dumps({"rates": rates, "rows": rows}))
-
-
-FIGURES = ("batch ", "world size", "done:", "refit:", "samples/s", "speedup", "x loop", "ranks", "article loop", "distrib ",
-           "sync", "DDP nccl", "measured matmul")
-
-
-def step(name: str, limit_s: int, cmd: list[str], out: Path, env: dict | None = None) -> bool:
-    """Run one part as a subprocess, keep its log in `out`, print the lines that carry figures."""
-    print(f"== {name}", flush=True)
+def run_part(part: str, args, work: Path, say) -> Outcome:
+    """One part as a subprocess under its limit; its output goes to PART.log, its figure lines to `say`."""
+    limit = args.limits[part]
+    say(f"== {part} (limit {limit} s)")
+    log = args.out / f"{part}.log"
+    py = sys.executable
+    if part == "cpu":
+        return run_cpu_part(args, log, limit, say)
+    cmd = [py, "-m", f"benchmarks.gpu_{part}", "--out", str(args.out), "--work", str(work / part),
+           "--device", args.device, "--data-root", str(args.data_root), *(["--smoke"] if args.smoke else [])]
     started = time.perf_counter()
-    log = out / f"{name}.log"
-    try:
-        with open(log, "w") as handle:
-            code = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                                  stdout=handle, stderr=subprocess.STDOUT, timeout=limit_s).returncode
-    except subprocess.TimeoutExpired:
-        code = "timeout"
+    status = launch(cmd, log, limit)
+    outcome = Outcome(part, status, time.perf_counter() - started)
     lines = log.read_text(errors="replace").splitlines()
-    if code != 0:
-        print(f"FAILED ({code}): {name}\n" + "\n".join(lines[-20:]), flush=True)
-    shown = [line for line in lines if any(mark in line for mark in FIGURES) and not line.startswith("[0")]
-    print("\n".join(shown[-14:]) + f"\n   ({time.perf_counter() - started:.0f} s)", flush=True)
-    return code == 0
+    outcome.figures = [line for line in lines if line.startswith(FIGURE_MARKS)]
+    for line in outcome.figures:
+        say(line)
+    if status != "ok":
+        say(f"{part}: {status}; the last lines of {log.name}:")
+        for line in lines[-15:]:
+            say("   " + line)
+    say(f"   {part}: {status}, {outcome.seconds:.0f} s")
+    return outcome
 
 
-def run_parts(args) -> int:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    py, ok = sys.executable, True
-    torchrun = [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
-    single_thread = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    parts = {
-        "hot-loop": lambda: step("hot-loop", 200, [py, "-m", "benchmarks.gpu", "--hot-loop", "--device", args.device,
-                                                   "--sizes", *args.sizes, "--variants", *args.variants,
-                                                   "--ratings", str(args.ratings)], out),
-        "large-batch": lambda: step("large-batch", 240, [py, "-m", "benchmarks.gpu", "--large-batch",
-                                                         "--device", args.device, "--steps", str(args.steps),
-                                                         "--batches", *map(str, args.batches)], out),
-        "ddp": lambda: step("ddp", 90, [*torchrun, "-m", "benchmarks.gpu", "--ddp", "--sizes", *args.sizes], out),
-        "e2e": lambda: step("quickstart-cuda", 150, [*torchrun, "-m", "distrib.train", "configs/quickstart.yaml",
-                                                     "train.device=cuda", "train.precision=bf16",
-                                                     f"run.dir={out}/runs/quickstart"], out)
-        & step("ml100k-cuda", 200, [*torchrun, "-m", "distrib.train", "configs/ml-100k.yaml", "train.device=cuda",
-                                    f"data.root={args.data_root}", f"data.cache_dir={out}/cache",
-                                    f"run.dir={out}/runs/ml100k", "train.log_every_steps=100000"], out),
-        "cpu": lambda: step("scaling-bf16", 150, [py, "-m", "benchmarks.scaling", "--precision", "bf16", "--epochs", "2",
-                                                  "--setups", "buckets-1mb"], out, single_thread)
-        & step("throughput-1thread", 150, [py, "-m", "benchmarks.throughput", "--quick"], out,
-               {**single_thread, "DISTRIB_TEST_DATA": str(args.data_root)}),
-    }
-    for part in args.parts:
-        ok = parts[part]() and ok
-    return 0 if ok else 1
+def launch(cmd: list[str], log: Path, limit_s: float, env: dict | None = None) -> str:
+    """Run `cmd` from the repo root with its output in `log`; at the limit it is killed with all it started."""
+    with open(log, "a") as handle:
+        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                                stdout=handle, stderr=subprocess.STDOUT)
+        return wait_or_kill(proc, limit_s)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", default=["hot-loop", "large-batch", "ddp", "e2e", "cpu"],
-                        choices=["hot-loop", "large-batch", "ddp", "e2e", "cpu"])
-    parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("DISTRIB_TEST_DATA", "data")).resolve(),
-                        help="holds ml-100k/ (e2e and cpu parts)")
-    parser.add_argument("--out", default=os.environ.get("OUT") or "/tmp/distrib-gpu", help="logs and runs")
-    parser.add_argument("--variants", nargs="+", default=["fp32", "bf16", "bf16+compile"], choices=list(VARIANTS))
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--ratings", type=int, default=1_000_000, help="ratings in the timed epochs (ml-25m size)")
-    parser.add_argument("--batches", nargs="+", type=int, default=[2000, 32000, 256000], help="large-batch part")
-    parser.add_argument("--steps", type=int, default=40, help="large-batch part: steps per timed epoch")
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
-                        help="cpu: a smoke test of hot-loop and large-batch")
-    parser.add_argument("--hot-loop", action="store_true", help=argparse.SUPPRESS)  # the hot-loop part, in-process
-    parser.add_argument("--ddp", action="store_true", help=argparse.SUPPRESS)  # the ddp part's torchrun worker
-    parser.add_argument("--large-batch", action="store_true", help=argparse.SUPPRESS)  # the large-batch part
-    args = parser.parse_args()
-    if args.ddp:
-        return ddp_main(args) or 0
-    if args.hot_loop:
-        return hot_loop(args) or 0
-    if args.large_batch:
-        return large_batch(args) or 0
+def wait_or_kill(proc: subprocess.Popen, limit_s: float) -> str:
     try:
-        subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                       check=False, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        print("nvidia-smi: not available", flush=True)
-    return run_parts(args)
+        code = proc.wait(timeout=max(limit_s, 0.1))
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        proc.wait()
+        return f"timed out after {limit_s:.0f} s"
+    return "ok" if code == 0 else f"failed (exit code {code})"
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc. torchrun starts each worker in a session of its own, so killing a
+    process group would leave the workers running (and holding the GPU) after their part ended."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # the field after the command's name
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(pid: int, only_descendants: bool = False) -> None:
+    """SIGKILL `pid` and every process below it (only those below it: a crash of the workers alone)."""
+    for target in descendants(pid) + ([] if only_descendants else [pid]):
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def run_cpu_part(args, log: Path, limit_s: float, say) -> Outcome:
+    """The host CPU's figures: two scripts that print their own tables (in cpu.log)."""
+    py, started = sys.executable, time.perf_counter()
+    single_thread = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    statuses = [launch([py, "-m", "benchmarks.scaling", "--precision", "bf16", "--epochs", "2", "--setups",
+                        "buckets-1mb"], log, limit_s / 2, single_thread),
+                launch([py, "-m", "benchmarks.throughput", "--quick"], log, limit_s / 2,
+                       {**single_thread, "DISTRIB_TEST_DATA": str(args.data_root)})]
+    status = next((s for s in statuses if s != "ok"), "ok")
+    say(f"   cpu: {status}, {time.perf_counter() - started:.0f} s (tables in {log.name})")
+    return Outcome("cpu", status, time.perf_counter() - started)
+
+
+def parse_limits(items: list[str], default_factor: float = 1) -> dict:
+    limits = {part: seconds * default_factor for part, seconds in LIMITS_S.items()}
+    for item in items:
+        part, _, seconds = item.partition("=")
+        if part not in PARTS or not seconds.replace(".", "", 1).isdigit():
+            raise SystemExit(f"--limit {item}: expected PART=SECONDS with PART one of {', '.join(PARTS)}")
+        limits[part] = float(seconds)
+    return limits
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "/tmp/distrib-gpu"),
+                        help="figures and logs (default $OUT)")
+    parser.add_argument("--work", type=Path, help="run directories and caches (default: a new temporary folder)")
+    parser.add_argument("--parts", nargs="+", default=list(DEFAULT_PARTS), choices=PARTS)
+    parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("DISTRIB_TEST_DATA", REPO / "data")),
+                        help="holds ml-100k/ and ml-latest-small/ (default $DISTRIB_TEST_DATA, else data/)")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--smoke", action="store_true", help="every part at toy sizes (a minute or two on CPU)")
+    parser.add_argument("--limit", dest="limits", action="append", default=[], metavar="PART=SECONDS",
+                        help=f"a part's time limit (defaults: {LIMITS_S})")
+    args = parser.parse_args(argv)
+    args.limits = parse_limits(args.limits, SMOKE_CPU_LIMIT_FACTOR if args.smoke and args.device == "cpu" else 1)
+    args.out, args.data_root = args.out.resolve(), args.data_root.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = (args.work or Path(tempfile.mkdtemp(prefix="distrib-gpu-work-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "gpu.log", "w") as transcript:
+        def say(line: str) -> None:
+            print(line, flush=True)
+            transcript.write(line + "\n")
+            transcript.flush()
+
+        say(f"benchmarks.gpu: parts {' '.join(args.parts)} on {args.device}{' at toy sizes' if args.smoke else ''}; "
+            f"figures in {args.out}, runs in {work}")
+        say("= " + json.dumps(host(args.device)))
+        outcomes = [run_part(part, args, work, say) for part in args.parts]
+        say("== done: " + ", ".join(f"{o.part} {o.status} ({o.seconds:.0f} s)" for o in outcomes))
+    return 0 if all(o.status == "ok" for o in outcomes) else 1
+
+
+def host(device: str) -> dict:
+    """The machine, without initialising CUDA in this process (the parts need the whole GPU)."""
+    from distrib.training.precision import cpu_description
+
+    info = {"cpu": cpu_description(), "torch": torch.__version__}
+    if device == "cuda":
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=30, check=False)
+            info["gpu"] = smi.stdout.strip() or smi.stderr.strip()
+        except (OSError, subprocess.SubprocessError) as err:
+            info["gpu"] = f"nvidia-smi: {err}"
+    return info
 
 
 if __name__ == "__main__":

@@ -2,9 +2,6 @@
 runs eagerly and must train exactly like the plain loop."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -13,7 +10,7 @@ import torch
 from distrib.config import TrainConfig, load_config
 from distrib.training import precision
 from distrib.training.schedule import lr_factor, warmup_steps
-from tests.helpers import REPO, check_ok, clean_env, metrics, tiny, train_cli, weights
+from tests.helpers import check_ok, metrics, tiny, train_cli, weights
 
 CPU = torch.device("cpu")
 
@@ -72,17 +69,6 @@ def test_static_step_on_cpu_trains_exactly_like_the_plain_loop(tmp_path):
     assert [r["val_rmse"] for r in a] == [r["val_rmse"] for r in b]
     wa, wb = weights(tmp_path / "plain/checkpoints/last.pt"), weights(tmp_path / "graph/checkpoints/last.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-@pytest.mark.slow
-def test_gpu_benchmarks_large_batch_part_runs_in_its_cpu_smoke_mode():
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--large-batch", "--device", "cpu"], cwd=REPO,
-                          env=clean_env(), capture_output=True, text=True, timeout=240)
-    check_ok(proc)
-    rows = json.loads(proc.stdout.split("JSON ", 1)[1])["rows"]
-    assert [(r["batch"], r["variant"]) for r in rows] == [(256, "eager"), (256, "graphed"), (512, "eager"),
-                                                           (512, "graphed")]
-    assert all(r["samples_per_s"] > 0 and r["share"] > 0 for r in rows)
 
 
 def test_batch_size_per_rank_makes_the_global_batch_grow_with_the_world():
