@@ -112,10 +112,13 @@ def test_a_planted_payload_a_bytes_entry_or_a_path_outside_is_refused_and_nothin
     marker = tmp_path / "ran"
     path = saved(tmp_path, {"w": torch.ones(2)})
     plant(path / ".metadata", pickle.dumps(Payload(marker)))
-    with pytest.raises(UnsafeCheckpoint, match=r"\.metadata: refused to load: .*\(posix\.system\)"):
+    with pytest.raises(UnsafeCheckpoint, match=r"\.metadata: refused to load: .*\(posix\.system; loading"):
         read_metadata(path)
     with pytest.raises(CheckpointException, match="refused to load"):  # the reader alone, no check before it
         dcp.load({"w": torch.zeros(2)}, storage_reader=SafeReader(path), no_dist=True)
+    torch.save({"progress": Payload(marker)}, path / META)  # the small parts: torch's weights-only unpickler
+    with pytest.raises(UnsafeCheckpoint, match=r"meta\.pt: refused to load"):
+        read_meta(path)
     assert not marker.exists()
     # A non-tensor entry: DCP would hand its bytes to torch.load(weights_only=False).
     with pytest.raises(UnsafeCheckpoint, match="BytesStorageMetadata"):
@@ -127,7 +130,7 @@ def test_a_planted_payload_a_bytes_entry_or_a_path_outside_is_refused_and_nothin
     for info in metadata.storage_data.values():
         info.relative_path = "../../elsewhere.distcp"
     plant(path / ".metadata", pickle.dumps(metadata))
-    with pytest.raises(UnsafeCheckpoint, match="a path outside its directory"):
+    with pytest.raises(UnsafeCheckpoint, match="it names a file outside its directory"):
         read_metadata(path)
 
 

@@ -83,9 +83,8 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise _Refused(f"{module}.{name}")
 
 
-def _unsafe(file: Path, what: str) -> UnsafeCheckpoint:
-    return UnsafeCheckpoint(f"{file}: refused to load: it holds {what} (loading them could run code); use a "
-                            "checkpoint distrib wrote")
+def _unsafe(file: Path, why: str) -> UnsafeCheckpoint:
+    return UnsafeCheckpoint(f"{file}: refused to load: {why}; use a checkpoint distrib wrote")
 
 
 def read_metadata(path: Path) -> Metadata:
@@ -96,7 +95,8 @@ def read_metadata(path: Path) -> Metadata:
         with open(file, "rb") as handle:
             metadata = _MetadataUnpickler(handle).load()
     except _Refused as err:
-        raise _unsafe(file, f"pickled objects that are not checkpoint records ({err})") from None
+        raise _unsafe(file, f"it holds pickled objects that are not checkpoint records ({err}; loading them "
+                            "could run code)") from None
     except Exception as err:  # noqa: BLE001 (a damaged pickle raises whatever the unpickler meets first)
         raise ValueError(f".metadata is damaged ({type(err).__name__})") from None
     if not (isinstance(metadata, Metadata) and isinstance(metadata.state_dict_metadata, dict)
@@ -106,7 +106,7 @@ def read_metadata(path: Path) -> Metadata:
     for info in metadata.storage_data.values():
         name = getattr(info, "relative_path", None)
         if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
-            raise _unsafe(file, f"a path outside its directory ({name!r})")
+            raise _unsafe(file, f"it names a file outside its directory ({name!r})")
     return metadata
 
 
@@ -161,8 +161,11 @@ def read_meta(path: Path) -> dict:
     try:
         meta = torch.load(path / META, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):
-            raise _unsafe(path / META, "pickled objects that are not weights") from None
+        # A class or function named ("Unsupported global: GLOBAL os.system ...", "unsupported GLOBAL posix.system
+        # whose module posix is blocked") is refused; any other failure is damage.
+        if "unsupported global" in str(err).lower():
+            raise _unsafe(path / META, "it holds pickled objects that are not weights (loading them could run "
+                                       "code)") from None
         raise ValueError(f"{META} is damaged") from None
     except (RuntimeError, EOFError):  # torch's zip reader on a file cut off or overwritten
         raise ValueError(f"{META} is damaged") from None
