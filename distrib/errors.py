@@ -59,7 +59,8 @@ def first_to_say(line: str) -> bool:
     Its ranks on one node share one stderr, and most failures are the same line on every rank (a config
     mistake, rank 0's verdict on run.dir, a NaN all ranks stop at): each distinct line is written once. The
     first rank to report it creates a file named after it, in a folder of this torchrun agent (the ranks'
-    parent process) and restart round; a rank that finds the file there stays silent. Other launchers: always."""
+    parent process) and restart round; a rank that finds the file there stays silent (the folder, of empty files,
+    is left in the temporary directory: no rank knows when the others are done with it). Other launchers: always."""
     run_id = os.environ.get("TORCHELASTIC_RUN_ID")
     if not run_id:
         return True
