@@ -28,8 +28,8 @@ kill_at = sys.argv[1]  # the end step to die right after ("" : none)
 root = Path(next(a for a in sys.argv if a.startswith("run.dir=")).split("=", 1)[1])
 state = {"ending": False}
 
-def reached(path, what=""):
-    step = Path(path).relative_to(root).as_posix() + what
+def reached(path):
+    step = Path(path).relative_to(root).as_posix()
     print(f"END {step}", flush=True)
     if step == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -43,7 +43,7 @@ def phase_start(init):
 def end_start(finish):
     def wrapper(self):
         state["ending"] = True
-        reached(self.run.path, "/(end starts)")
+        reached(self.run.path / "(end starts)")
         return finish(self)
     return wrapper
 
