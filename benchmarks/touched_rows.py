@@ -7,7 +7,8 @@ trainer's own `train_step` (autocast, loss, backward, optimizer, schedule) at th
 ml-25m and ml-32m (uniform synthetic ids: a batch touches as many rows as a real one at most). For each shape
 both updates (`dist.embedding_update=dense` and `touched_rows`) are timed in alternating rounds, so a shared
 host's load falls on both alike. Prints ms per step (median of the rounds; wall and CPU), each update's time
-against its own ml-100k figure, and dense / touched_rows, side by side.
+against its own ml-100k figure, and dense / touched_rows, side by side; the ratios are of CPU time, which
+the waits of a busy host leave out (one thread: the CPU time is the step's compute).
 """
 from __future__ import annotations
 
@@ -34,8 +35,12 @@ SINGLE = DistEnv(rank=0, local_rank=0, world_size=1, master_addr="127.0.0.1", ma
 
 
 def cpu_name() -> str:
+    """lscpu's model name and whether the CPU computes bf16 natively (AVX512-BF16, AMX)."""
     out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    native = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
+    return f"{fields.get('Model name', '?').strip()} ({', '.join(native) or 'no native bf16'})"
 
 
 def build_trainer(config: str, overrides: list[str], update: str, data, run_dir: Path) -> Trainer:
@@ -71,7 +76,8 @@ def measure_shape(args, n_users: int, n_items: int, tmp: Path) -> dict:
             times[update].append(time_steps(trainer, args.steps, 3))
     for trainer in trainers.values():
         trainer.run.close()
-    return {update: sorted(rounds)[len(rounds) // 2] for update, rounds in times.items()}
+    medians = {update: sorted(rounds)[len(rounds) // 2] for update, rounds in times.items()}
+    return medians | {"precision": trainers["dense"].precision}
 
 
 def main() -> None:
@@ -91,8 +97,8 @@ def main() -> None:
     print(f"{Path(args.config).name} {' '.join(args.overrides)}: {cfg.model.name}, n_factors {cfg.model.n_factors}, "
           f"hidden {cfg.model.hidden}, batch {cfg.train.batch_size}, {cfg.train.optimizer}, precision "
           f"{cfg.train.precision}; ms per step, median of {args.rounds} rounds of {args.steps} steps (CPU ms)")
-    print(f"{'shape':8} {'users':>7} {'movies':>7} | {'dense':>15} {'x ml-100k':>9} | {'touched_rows':>15} "
-          f"{'x ml-100k':>9} | {'dense/touched':>13}")
+    print(f"{'shape':8} {'users':>7} {'movies':>7} | {'dense: wall (CPU)':>17} {'x ml-100k':>9} | "
+          f"{'touched: wall (CPU)':>19} {'x ml-100k':>9} | {'dense/touched':>13}")
     base = {}
     with tempfile.TemporaryDirectory(prefix="distrib-bench-touched-") as tmp:
         for name in args.shapes:
@@ -101,10 +107,11 @@ def main() -> None:
             cells = []
             for update in UPDATES:
                 wall, cpu = result[update]
-                base.setdefault(update, wall)
-                cells.append(f"{1e3 * wall:6.1f} ({1e3 * cpu:6.1f}) {wall / base[update]:8.2f}x")
-            ratio = result["dense"][0] / result["touched_rows"][0]
-            print(f"{name:8} {n_users:7d} {n_items:7d} | {cells[0]} | {cells[1]} | {ratio:12.2f}x", flush=True)
+                base.setdefault(update, cpu)
+                cells.append(f"{1e3 * wall:8.1f} ({1e3 * cpu:6.1f}) {cpu / base[update]:8.2f}x")
+            ratio = result["dense"][1] / result["touched_rows"][1]
+            print(f"{name:8} {n_users:7d} {n_items:7d} | {cells[0]} | {cells[1]}   | {ratio:12.2f}x  "
+                  f"{result['precision']}", flush=True)
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     dist.destroy_process_group()
 
