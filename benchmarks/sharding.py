@@ -1,6 +1,6 @@
 """Sharded embedding tables (TorchRec, row_wise) against replicated DDP: samples/s side by side, fp32 and bf16.
 
-    python -m benchmarks.sharding                     # ml-25m's shape, 2 gloo ranks x 1 thread, ~6 min
+    python -m benchmarks.sharding                     # ml-25m's shape, 2 gloo ranks x 1 thread, 10-20 min
     python -m benchmarks.sharding --rounds 2 --steps 10 --users 20000 --movies 8000      # a quick look
     python -m benchmarks.sharding --profile           # + where a sharded step's time goes (torch.profiler)
     python -m benchmarks.sharding --accuracy-only     # test RMSE, sharded vs replicated, real data
