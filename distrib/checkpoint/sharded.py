@@ -48,9 +48,11 @@ META = "meta.pt"
 TMP_NAME = ".last.dcp.tmp"
 ADAM_STATE = ("exp_avg", "exp_avg_sq")
 
-# What FileSystemWriter pickles into `.metadata` for a state of tensors (torch 2.13; 2.14 writes the same
-# records): DCP's metadata classes, torch.Size, a layout looked up by name, and the checkpoint's path
-# (StorageMeta.checkpoint_id; `pathlib._local` is where Python 3.13 defines the path classes). Left out on
+# What FileSystemWriter pickles into `.metadata` for a state of tensors (read off a real save with pickletools,
+# torch 2.13): DCP's metadata classes, torch.Size, a layout looked up by name, and the checkpoint's path
+# (StorageMeta.checkpoint_id; `pathlib._local` is where Python 3.13 defines the path classes). Dtypes, layouts
+# and memory formats are taken by type, so new ones read too; a new field of these records needs nothing here;
+# a record class a later torch adds is refused by name, in one line, until it is added below. Left out on
 # purpose: BytesStorageMetadata, whose entries the loader unpickles with torch.load(weights_only=False);
 # distrib saves tensors only.
 _PATHS = {"Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"}
