@@ -297,8 +297,8 @@ def host(device: str) -> dict:
     info = {"cpu": cpu_description(), "torch": torch.__version__}
     if device == "cuda":
         try:
-            smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=30, check=False)
+            query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
+            smi = subprocess.run(query, capture_output=True, text=True, timeout=30, check=False)
             info["gpu"] = smi.stdout.strip() or smi.stderr.strip()
         except (OSError, subprocess.SubprocessError) as err:
             info["gpu"] = f"nvidia-smi: {err}"

@@ -8,12 +8,14 @@ stopping (patience 10, seed 0) on ml-100k u1 and on ml-latest-small (80/20, spli
 one device through distrib's own Trainer. Per dataset three rows: bf16 eager at batch 2000 (the device's
 numerics alone), the fastest configuration at batch 2000 (the step alone), and at the fastest batch (the
 largest throughput batch that leaves at least MIN_STEPS_PER_EPOCH steps per epoch on this dataset, with the
-config's defaults for larger batches). Test RMSE of the best-validation weights beside the batch-2000 figure it
-should match. Smoke: one epoch of a small model each.
+config's defaults for larger batches, `auto` resolved as distrib.train resolves it: a batch ramp where allowed).
+Test RMSE of the best-validation weights beside the batch-2000 figure it should match. Smoke: one epoch of a
+small model each.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -23,6 +25,7 @@ from benchmarks.harness import article_config, open_trainer
 from distrib.data import load_dataset
 from distrib.errors import UserError
 from distrib.report.tracking import NullTracker
+from distrib.training.schedule import resolve_auto
 
 REFERENCE_BATCH = 2000
 MIN_STEPS_PER_EPOCH = 2
@@ -53,6 +56,8 @@ def rows_to_run(fastest: dict, batches, n_train: int) -> list[tuple[str, int]]:
 
 def train_to_early_stop(overrides: list[str], data, device: str) -> dict:
     cfg = article_config(*overrides)
+    # train's `auto` keys as distrib.train resolves them: a batch ramp above 4x the reference (not when captured)
+    cfg = dataclasses.replace(cfg, train=resolve_auto(cfg.train))
     started = time.perf_counter()
     with open_trainer(cfg, data, device) as trainer:
         summary = trainer.fit(NullTracker())
@@ -60,7 +65,8 @@ def train_to_early_stop(overrides: list[str], data, device: str) -> dict:
     return {"test_rmse": summary.get("test_rmse"), "best_val_rmse": summary.get("best_val_rmse"),
             "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
             "wall_s": time.perf_counter() - started, "samples_per_s_median_epoch": rates[len(rates) // 2],
-            "precision": trainer.precision}
+            "precision": trainer.precision, "batch_ramp_epochs": cfg.train.batch_ramp_epochs,
+            "warmup_epochs": cfg.train.warmup_epochs}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def line(row: dict) -> str:
-    head = f"| {row['data']} | {row['config']} | {row['batch']:,} | "
+    ramp = f", ramp {row['batch_ramp_epochs']} epochs" if row.get("batch_ramp_epochs") else ""
+    head = f"| {row['data']} | {row['config']}{ramp} | {row['batch']:,} | "
     if "error" in row:
         return head + f"error: {row['error']} | {row['reference']:.4f} | | | | |"
     return head + (f"{row['test_rmse']:.4f} | {row['reference']:.4f} | {row['difference']:+.4f} | "

@@ -135,13 +135,13 @@ def runs(sizes, data_root: Path, work: Path, device: str) -> list[tuple[str, str
     small = list(SMOKE_MODEL) if smoke else []  # not for the killed run: its epoch must last long enough to hit
     synthetic_root = f"data.root={work / 'data'}"
     ml25m_config = str(ML_25M_CONFIG if ML_25M_CONFIG.exists() else REPO / "configs" / "ml-100k-article.yaml")
-    ml25m = [*common, synthetic_root, "data.name=synthetic", "data.split=random", f"data.synthetic.n_users={sizes.users}",
-             f"data.synthetic.n_items={sizes.items}", f"data.synthetic.n_ratings={40_000 if smoke else 2_000_000}",
-             "train.patience=0", "train.epochs=3",
+    ml25m = [*common, synthetic_root, "data.name=synthetic", "data.split=random",
+             f"data.synthetic.n_users={sizes.users}", f"data.synthetic.n_items={sizes.items}",
+             f"data.synthetic.n_ratings={40_000 if smoke else 2_000_000}", "train.patience=0", "train.epochs=3",
              *(["train.batch_size=2000", "train.batch_size_per_rank=0"] if smoke else [])]
     short = ["train.epochs=1"] if smoke else []
     listed = [
-        ("ml-25m replicated, killed and resumed", ml25m_config, ml25m, True),
+        ("ml-25m replicated, killed and resumed", ml25m_config, [*ml25m, "dist.embedding_sharding=none"], True),
         ("ml-25m sharded", ml25m_config, [*ml25m, "dist.embedding_sharding=row_wise", "train.epochs=2", *small, *short],
          False),
         ("quick start", "configs/quickstart.yaml",

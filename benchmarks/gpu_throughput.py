@@ -139,8 +139,8 @@ def sharded_worker(args) -> None:
 def append_json_line(path: Path, row: dict) -> None:
     with open(path, "a") as handle:
         handle.write(json.dumps(row) + "\n")
-    print(f"  {row['mode']} {row['config']} batch {row['batch']}: "
-          + (f"{row['samples_per_s']:,.0f} samples/s" if "samples_per_s" in row else row.get("refused", "")), flush=True)
+    result = f"{row['samples_per_s']:,.0f} samples/s" if "samples_per_s" in row else row.get("refused", "")
+    print(f"  {row['mode']} {row['config']} batch {row['batch']}: {result}", flush=True)
 
 
 # ---- the profile of the fastest row --------------------------------------------------------------------------
@@ -168,8 +168,8 @@ def profile_row(row: dict, data, device: str, steps: int, trace: Path, copy_byte
     summary["top_ops"] = [(e.key, round(e.self_cpu_time_total / 1e3 / steps, 3)) for e in
                           sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:8]]
     update_bytes = BYTES_PER_PARAMETER_UPDATE * n_params
-    summary.update(config=row["config"], batch=batch, step_ms=1e3 * wall_s / steps,
-                   dense_update_mb=update_bytes / 1e6, dense_update_ms_at_copy_rate=1e3 * update_bytes / copy_bytes_per_s)
+    summary.update(config=row["config"], batch=batch, step_ms=1e3 * wall_s / steps, dense_update_mb=update_bytes / 1e6,
+                   dense_update_ms_at_copy_rate=1e3 * update_bytes / copy_bytes_per_s)
     return summary
 
 
@@ -224,8 +224,8 @@ def figure_lines(rows: list[dict], bf16_rate: float) -> list[str]:
 def cell(row: dict | None, bf16_rate: float) -> str:
     if row is None:
         return "not run"
-    if "refused" in row:
-        return "refused by distrib"
+    if "refused" in row:  # distrib's own one-line refusal, or TorchRec/FBGEMM not installed
+        return "TorchRec/FBGEMM missing" if "needs TorchRec" in row["refused"] else "refused by distrib"
     if "error" in row:
         return "error: " + row["error"][:60]
     share = row["samples_per_s"] * row["flops_per_sample"] / bf16_rate
@@ -265,11 +265,14 @@ def main(argv: list[str] | None = None) -> None:
     figures.set(profile=profile)
     print("= profile: " + json.dumps({k: v for k, v in profile.items() if k != "top_ops"}), flush=True)
     del data
-    for name in (n for n in names if "compile" in n):
+    compiled = [n for n in names if "compile" in n]
+    if compiled:  # the table so far, in case the part's limit stops it during the compiles
+        print("\n".join(figure_lines(figures.data["rows"], rates["bf16"])), flush=True)
+    for name in compiled:
         measure_replicated(figures, sizes, name, args.device)
-    choose_fastest(figures)
-    for line in figure_lines(figures.data["rows"], rates["bf16"]):
-        print(line, flush=True)
+    if compiled:
+        choose_fastest(figures)
+    print("\n".join(figure_lines(figures.data["rows"], rates["bf16"])), flush=True)
 
 
 def choose_fastest(figures: Figures) -> dict:
