@@ -291,18 +291,50 @@ def save(dmp, wrapper, optimizer, meta: dict, ckpt_dir: Path, improved: bool, ke
     """A collective: every rank writes its shards, rank 0 the meta part and the renames. A failure on any rank
     leaves no temporary directory and raises the same one line (NoSpace for a full disk) on every rank."""
     tmp = ckpt_dir / TMP_NAME
+
+    def publish() -> None:  # rank 0, once every shard is written: meta.pt, best.dcp, the rotation
+        _write_meta(meta | {"files": _digests(tmp)}, tmp / META)
+        if improved:
+            _copy_into_place(tmp, ckpt_dir / "best.dcp")
+        _rotate_into_place(tmp, ckpt_dir, keep)
+
+    _write_then_publish(build_state(dmp, wrapper, optimizer), tmp, ckpt_dir, publish)
+
+
+def replace_best_model(dmp, wrapper, ckpt_dir: Path) -> None:
+    """best.dcp written again from the live model, which holds best.dcp's weights (the end of training loaded
+    them) and what was fitted since (an ensemble's blend weights, model.blend=validation); its meta part is
+    kept, its optimizer state dropped (nothing resumes from best.dcp). A collective, failing as `save` does."""
+    best = ckpt_dir / "best.dcp"
+    staging = best.with_name(f".{best.name}.tmp")
+
+    def publish() -> None:
+        _write_meta(read_meta(best) | {"files": _digests(staging)}, staging / META)
+        _swap(staging, best)
+
+    _write_then_publish(build_state(dmp, wrapper, None), staging, ckpt_dir, publish)
+
+
+def _write_then_publish(state: dict, tmp: Path, ckpt_dir: Path, publish) -> None:
+    """Every rank writes its shards of `state` into `tmp`, then rank 0 runs `publish` (moves them into place).
+    A failure on any rank leaves no `tmp` and raises the same one line on every rank (NoSpace for a full disk)."""
     is_main = dist.get_rank() == 0
     if is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
     try:
-        dcp.save(build_state(dmp, wrapper, optimizer), storage_writer=_Writer(tmp))
+        dcp.save(state, storage_writer=_Writer(tmp))
     except CheckpointException as err:  # every rank gets it, with each failed rank's exception
         rank, cause = _first_failure(err)
         failure = _is_no_space(cause), f"rank {rank}: {_first_line(cause)}"
     else:
-        failure = _publish(tmp, meta, ckpt_dir, improved, keep) if is_main else None
+        failure = None
+        if is_main:
+            try:
+                publish()
+            except Exception as err:  # noqa: BLE001 (reported on every rank as one line)
+                failure = _is_no_space(err), f"rank 0: {_first_line(err)}"
         box = [failure]
         dist.broadcast_object_list(box, src=0)  # rank 0's part: the others must not wait at a barrier for it
         failure = box[0]
@@ -318,18 +350,9 @@ def save(dmp, wrapper, optimizer, meta: dict, ckpt_dir: Path, improved: bool, ke
                    "the same command again to resume")
 
 
-def _publish(tmp: Path, meta: dict, ckpt_dir: Path, improved: bool, keep: int) -> tuple[bool, str] | None:
-    """Rank 0, once every shard is written: meta.pt (with each file's SHA-256), best.dcp, the rotation. Returns
-    what failed, if anything."""
-    try:
-        digests = {p.name: file_digest(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        _write_meta(meta | {"files": digests}, tmp / META)
-        if improved:
-            _copy_into_place(tmp, ckpt_dir / "best.dcp")
-        _rotate_into_place(tmp, ckpt_dir, keep)
-    except Exception as err:  # noqa: BLE001 (reported on every rank as one line)
-        return _is_no_space(err), f"rank 0: {_first_line(err)}"
-    return None
+def _digests(directory: Path) -> dict:
+    """Each file's SHA-256, stored in meta.pt so that a damaged shard is found before DCP reads it."""
+    return {p.name: file_digest(p) for p in sorted(directory.iterdir()) if p.is_file()}
 
 
 def load(dmp, wrapper, optimizer, path: Path, metadata: Metadata) -> None:
@@ -442,22 +465,3 @@ def _swap(src: Path, dst: Path) -> None:
         os.replace(dst, old)
     os.replace(src, dst)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def replace_best_model(dmp, wrapper, ckpt_dir: Path) -> None:
-    """best.dcp written again from the live model, which holds best.dcp's weights (the end of training loaded
-    them) and what was fitted since (an ensemble's blend weights, model.blend=validation); its meta part is
-    kept, its optimizer state dropped (nothing resumes from best.dcp). A collective."""
-    best = ckpt_dir / "best.dcp"
-    staging = best.with_name(f".{best.name}.tmp")
-    is_main = dist.get_rank() == 0
-    if is_main:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-    dist.barrier()
-    dcp.save(build_state(dmp, wrapper, None), checkpoint_id=staging)
-    if is_main:
-        digests = {p.name: file_digest(p) for p in sorted(staging.iterdir()) if p.is_file()}
-        _write_meta(read_meta(best) | {"files": digests}, staging / META)
-        _swap(staging, best)
-    dist.barrier()
