@@ -13,14 +13,13 @@ rounds of CPU milliseconds per step, and the ratio is to torch's nn.Dropout (ber
 from __future__ import annotations
 
 import argparse
-import time
 from contextlib import ExitStack, contextmanager
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import ARTICLE_CONFIG, DATA_ROOT, open_trainer
+from benchmarks.harness import ARTICLE_CONFIG, DATA_ROOT, open_trainer, time_in_turns
 from distrib.config import load_config
 from distrib.data import load_dataset
 from distrib.models import embeddingnet
@@ -82,16 +81,7 @@ def main(argv=None) -> None:
     stack = ExitStack()
     steppers = {(model, variant): Stepper(config, variant, data, stack)
                 for model, config in MODELS.items() for variant in VARIANTS}
-    for stepper in steppers.values():  # warm-up: the allocator, Adam's state
-        for _ in range(3):
-            stepper.step()
-    per_step = {name: [] for name in steppers}
-    for _ in range(args.rounds):
-        for name, stepper in steppers.items():
-            started = time.process_time()
-            for _ in range(args.steps):
-                stepper.step()
-            per_step[name].append((time.process_time() - started) / args.steps)
+    per_step = time_in_turns(steppers, args.rounds, args.steps)
     print(f"{cpu_description()}, {args.threads} thread(s), torch {torch.__version__}; {data.description}; "
           f"batch 2000, fp32; median of {args.rounds} rounds x {args.steps} steps")
     print("| model | dropout | CPU ms / step | × nn.Dropout |")

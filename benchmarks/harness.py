@@ -131,6 +131,22 @@ def time_epochs(trainer, epochs: int, sync=lambda: None) -> tuple[float, float]:
     return warm_s, time.perf_counter() - started
 
 
+def time_in_turns(steppers: dict, rounds: int, steps: int) -> dict:
+    """CPU seconds per step of each `stepper.step()`, the variants timed in turns (`steps` each per round) so all of
+    them see the same load of a shared host; after a warm-up of 3 steps each (the allocator, Adam's state)."""
+    for stepper in steppers.values():
+        for _ in range(3):
+            stepper.step()
+    per_step = {name: [] for name in steppers}
+    for _ in range(rounds):
+        for name, stepper in steppers.items():
+            started = time.process_time()
+            for _ in range(steps):
+                stepper.step()
+            per_step[name].append((time.process_time() - started) / steps)
+    return per_step
+
+
 def time_call(fn, repeat: int, warmup: int = 2, clock=time.perf_counter) -> float:
     """Median seconds of fn() over repeat calls (clock=time.process_time: CPU seconds, blind to waits)."""
     for _ in range(warmup):

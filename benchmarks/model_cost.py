@@ -13,13 +13,12 @@ ratio is to the first row, the two-member ensemble (I-AutoRec + MF) the configs 
 from __future__ import annotations
 
 import argparse
-import time
 from contextlib import ExitStack
 
 import numpy as np
 import torch
 
-from benchmarks.harness import DATA_ROOT, REPO, open_trainer
+from benchmarks.harness import DATA_ROOT, REPO, open_trainer, time_in_turns
 from distrib.config import load_config
 from distrib.data import load_dataset
 from distrib.training.precision import cpu_description
@@ -64,16 +63,7 @@ def main(argv=None) -> None:
     data = load_dataset(load_config(args.config, [f"data.root={DATA_ROOT}"]).data)
     stack = ExitStack()
     steppers = {name: Stepper(args.config, overrides, data, stack) for name, overrides in VARIANTS.items()}
-    for stepper in steppers.values():  # warm-up: the allocator, Adam's state
-        for _ in range(3):
-            stepper.step()
-    per_step = {name: [] for name in steppers}
-    for _ in range(args.rounds):
-        for name, stepper in steppers.items():
-            started = time.process_time()
-            for _ in range(args.steps):
-                stepper.step()
-            per_step[name].append((time.process_time() - started) / args.steps)
+    per_step = time_in_turns(steppers, args.rounds, args.steps)
     print(f"{cpu_description()}, {args.threads} thread(s), torch {torch.__version__}; {data.description}; "
           f"batch {steppers[next(iter(steppers))].batch}; median of {args.rounds} rounds x {args.steps} steps")
     print("| model | CPU ms / step | × I-AutoRec + MF |")

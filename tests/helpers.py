@@ -131,3 +131,18 @@ def spawn_ranks(fn, world_size: int, *args) -> list:
         mp.start_processes(_worker, args=(world_size, os.path.join(tmp, "store"), fn, args, results),
                            nprocs=world_size, join=True, start_method="spawn")
         return [results[r] for r in range(world_size)]
+
+
+def fill(point: Path, leave_bytes: int) -> Path:
+    """Fill the filesystem to the last byte, then give back `leave_bytes`."""
+    filler = point / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 65536):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    os.truncate(filler, max(filler.stat().st_size - leave_bytes, 0))
+    return filler

@@ -28,6 +28,7 @@ from tests.helpers import (
     check_ok,
     clean_env,
     digest,
+    fill,
     metrics,
     run_module,
     sharded_weights,
@@ -247,21 +248,6 @@ def test_a_damaged_best_dcp_is_refused_before_a_resumed_run_trains(finished, tmp
     assert digest(run) == before
     line = one_error_line(run_module("distrib.recommend", run, "--user", "1"))
     assert "best.dcp: __0_0.distcp is cut off" in line, line
-
-
-def fill(point: Path, leave_bytes: int) -> Path:
-    """Fill the filesystem to the last byte, then give back `leave_bytes`."""
-    filler = point / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, b"\0" * 65536):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    os.truncate(filler, max(filler.stat().st_size - leave_bytes, 0))
-    return filler
 
 
 @pytest.mark.slow

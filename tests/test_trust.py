@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from distrib.checkpoint.replicated import load_latest
-from tests.helpers import REPO, check_ok, clean_env, digest, metrics, tiny, train_cli
+from tests.helpers import REPO, check_ok, clean_env, digest, fill, metrics, tiny, train_cli
 
 pytestmark = pytest.mark.slow
 
@@ -161,28 +161,13 @@ def _wait_for_epochs(run: Path, count: int, proc, timeout_s: float = 180) -> Non
     raise AssertionError("no progress")
 
 
-def _fill(point: Path, leave_bytes: int) -> Path:
-    """Fill the filesystem to the last byte, then give back `leave_bytes`."""
-    filler = point / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, b"\0" * 65536):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    os.truncate(filler, max(filler.stat().st_size - leave_bytes, 0))
-    return filler
-
-
 def test_a_full_disk_mid_run_is_one_line_and_the_next_start_resumes(tmp_path, tmpfs):
     point = tmpfs("size=72m")  # above the 64 MiB the start-up check asks for
     args = tiny(tmp_path, "unused", "train.epochs=200", "model.n_factors=64", f"run.dir={point / 'run'}")
     proc = _start(args)
     _wait_for_epochs(point / "run", 2, proc)
     proc.send_signal(signal.SIGSTOP)
-    filler = _fill(point, 16384)  # room for metrics.jsonl, not for a checkpoint of ~250 KB
+    filler = fill(point, 16384)  # room for metrics.jsonl, not for a checkpoint of ~250 KB
     proc.send_signal(signal.SIGCONT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err[-2000:]
