@@ -53,7 +53,7 @@ ADAM_STATE = ("exp_avg", "exp_avg_sq")
 # (StorageMeta.checkpoint_id; `pathlib._local` is where Python 3.13 defines the path classes). Dtypes, layouts
 # and memory formats are taken by type, so new ones read too; a new field of these records needs nothing here;
 # a record class a later torch adds is refused by name, in one line, until it is added below. Left out on
-# purpose: BytesStorageMetadata, whose entries the loader unpickles with torch.load(weights_only=False);
+# purpose: BytesStorageMetadata, whose entries the loader unpickles with a full, code-running torch.load;
 # distrib saves tensors only.
 _PATHS = {"Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"}
 METADATA_CLASSES = {
