@@ -79,13 +79,6 @@ def test_what_a_captured_step_cannot_do_is_refused_at_start(overrides, message):
         load_config(None, overrides)
 
 
-def test_lamb_is_refused_with_sharded_tables():
-    from distrib.training.sharded_trainer import check_sharding_config
-    with pytest.raises(UserError, match="train.optimizer=lamb: not with dist.embedding_sharding"):
-        check_sharding_config(load_config(None, ["dist.embedding_sharding=row_wise", "train.optimizer=lamb",
-                                                 "train.precision=fp32"]))
-
-
 @pytest.mark.slow
 def test_lamb_with_a_ramp_trains_and_resumes_mid_ramp_exactly(tmp_path):
     """12000 ratings (8640 for training), batch 250 -> 2000 over 3 epochs: 34, 17, 8, then 4 steps per epoch. A run

@@ -57,7 +57,7 @@ def lookup_tables(model: nn.Module) -> list[nn.Embedding]:
 def attach_sparse_tables(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Sparse gradients for the model's tables and the touched-rows update in `optimizer`: before each
     `step()` the tables' sparse gradients are taken out of its way (a parameter without a gradient is
-    skipped), after it the looked-up rows are updated. Call before the DDP wrap, which reads `sparse`."""
+    skipped), after it the looked-up rows are updated."""
     tables = lookup_tables(model)
     group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
     for table in tables:

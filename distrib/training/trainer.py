@@ -114,16 +114,20 @@ class Trainer:
         self.penalty = build_penalty(cfg.model, self.model)  # None: plain MSE
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         n_rows = self.data.n_users + self.data.n_items
-        if replicated_touched_rows(cfg.dist.embedding_update, self.env.world_size, n_rows, cfg.train.batch_size,
-                                   cfg.train.optimizer, cfg.train.compile, cfg.train.cuda_graph):
-            attach_sparse_tables(self.model, self.optimizer)  # before the DDP wrap, which reads the tables' sparse
+        sparse = replicated_touched_rows(cfg.dist.embedding_update, self.env.world_size, n_rows,
+                                         cfg.train.batch_size, cfg.train.optimizer, cfg.train.compile,
+                                         cfg.train.cuda_graph)
+        if sparse:
+            attach_sparse_tables(self.model, self.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.steps_per_epoch, len(self.train_split))
         self._resume()  # before the DDP wrap, so every rank starts from the loaded weights
         if cfg.train.compile:
             # The module, not the DDP wrapper: the same compiled graph serves training and evaluate, and DDP
             # stays eager (no graph split at bucket boundaries). state_dict keys are unchanged.
             self.model.compile()
-        self.ddp = wrap_ddp(self.model, self.device, cfg.dist)
+        # Sparse table gradients exist in one process only, where DDP has nothing to all-reduce; its reducer
+        # around sparse gradients crashed intermittently in backward (a segfault), so the model runs unwrapped.
+        self.ddp = self.model if sparse else wrap_ddp(self.model, self.device, cfg.dist)
 
     # ---- the loop -----------------------------------------------------------------------------------
     def fit(self, tracker) -> dict:
