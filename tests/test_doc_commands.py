@@ -22,19 +22,19 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 
 from distrib.config import load_config, with_refit_group
 from distrib.errors import UserError
 from distrib.parallel.distributed import DistEnv
 from distrib.train import check_world, parse_args, with_world_batch
-from tests.helpers import REPO, clean_env
+from tests.helpers import REPO, check_sharded_config, clean_env
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```bash\n(.*?)^```", re.M | re.S)
@@ -165,15 +165,14 @@ def check_before_any_group(job: Job) -> None:
     cfg = with_world_batch(cfg, env)
     check_world(cfg, env)
     if cfg.dist.embedding_sharding != "none":
-        from distrib.training.sharded_trainer import check_sharding_config
-
-        check_sharding_config(cfg)
+        check_sharded_config(cfg)
     if job.launcher == "run":  # the launcher's own check, before any worker starts
         from distrib.run import check, parse
 
         check(*parse([*job.launcher_options, *job.args]))
     if job.launcher == "submit":
-        from launch.submit import check_world_size, parse_args as submit_args, parse_sweep, plan_runs
+        from launch.submit import check_world_size, parse_sweep, plan_runs
+        from launch.submit import parse_args as submit_args
 
         ns = submit_args(job.shown.steps[-1][3:])
         for _, member, _ in plan_runs(ns.config, ns.overrides, parse_sweep(ns.sweep))[2]:

@@ -9,7 +9,7 @@ import torch
 from distrib.config import load_config
 from distrib.models import build_model
 from distrib.parallel.sparse_tables import replicated_touched_rows
-from tests.helpers import REPO
+from tests.helpers import REPO, check_sharded_config
 
 SIZES = {"ml-25m": (162_541, 59_047), "ml-32m": (200_948, 87_585)}  # users, movies of the releases
 LAUNCHERS = ("python -m distrib.train", "torchrun", "sbatch", "python -m launch.submit")
@@ -33,9 +33,7 @@ def test_every_header_command_passes_the_checks_before_a_job_starts(name):
         overrides = [arg for arg in command[command.index(f"configs/{name}.yaml") + 1:] if "=" in arg]
         resolved = load_config(str(path), overrides)
         if resolved.dist.embedding_sharding != "none":
-            from distrib.training.sharded_trainer import check_sharding_config
-
-            check_sharding_config(resolved)  # TorchRec's limits, as the job checks them before any rank waits
+            check_sharded_config(resolved)  # TorchRec's limits, as the job checks them before any rank waits
 
 
 @pytest.mark.parametrize("name", list(SIZES))
