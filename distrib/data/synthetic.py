@@ -19,13 +19,16 @@ GENRES = ("Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "
           "Western")
 FIRST_TS, LAST_TS = 789_652_009, 1_574_327_703  # ml-25m's first and last rating, 1995-01-09 .. 2019-11-21
 _CHUNK = 1 << 21
+NOISE_SD = 0.5  # the Gaussian noise on each score before it is cut into stars
 
 
 def generate(cfg) -> RawRatings:
     """`cfg` is a SyntheticConfig; raw ids are 1-based like MovieLens'."""
     rng = np.random.default_rng(cfg.seed)
     users, items = _sample_pairs(rng, cfg.n_users, cfg.n_items, cfg.n_ratings)
-    ratings = _ratings(rng, users, items, cfg.n_users, cfg.n_items, cfg.rank)
+    score = _planted_scores(rng, users, items, cfg.n_users, cfg.n_items, cfg.rank)
+    score += _noise(rng, len(score))
+    ratings = (np.searchsorted(_star_cuts(rng, score), score) + 1).astype(np.float32)
     timestamps = _timestamps(rng, users, cfg.n_users)
     meta_ids = np.arange(1, cfg.n_items + 1, dtype=np.int64)
     titles, genres = _item_text(rng, cfg.n_items)
@@ -67,8 +70,8 @@ def _weighted_draw(rng, p: np.ndarray, m: int, shuffle: bool = True) -> np.ndarr
     return rng.permutation(draws) if shuffle else draws
 
 
-def _ratings(rng, users, items, n_users: int, n_items: int, rank: int) -> np.ndarray:
-    """score = <p_u, q_i> + b_u + b_i + noise, then cut at the quantiles of STAR_SHARES."""
+def _planted_scores(rng, users, items, n_users: int, n_items: int, rank: int) -> np.ndarray:
+    """The noiseless score <p_u, q_i> + b_u + b_i of each pair."""
     p = (rng.standard_normal((n_users, rank)) / np.sqrt(rank)).astype(np.float32)
     q = rng.standard_normal((n_items, rank)).astype(np.float32)
     b_u = (0.5 * rng.standard_normal(n_users)).astype(np.float32)
@@ -77,10 +80,53 @@ def _ratings(rng, users, items, n_users: int, n_items: int, rank: int) -> np.nda
     for start in range(0, len(users), _CHUNK):  # chunked so the (n, rank) gathers stay small
         u, i = users[start:start + _CHUNK], items[start:start + _CHUNK]
         score[start:start + _CHUNK] = np.einsum("nr,nr->n", p[u], q[i]) + b_u[u] + b_i[i]
-    score += (0.5 * rng.standard_normal(len(score))).astype(np.float32)
+    return score
+
+
+def _noise(rng, n: int) -> np.ndarray:
+    return (NOISE_SD * rng.standard_normal(n)).astype(np.float32)
+
+
+def _star_cuts(rng, score: np.ndarray) -> np.ndarray:
+    """The 4 cuts between 1..5 stars: quantiles of the noisy scores at STAR_SHARES (score > cut k: more than k
+    stars)."""
     probe = score if len(score) <= 1_000_000 else score[rng.integers(0, len(score), 1_000_000)]
-    cuts = np.quantile(probe, np.cumsum(STAR_SHARES)[:-1]).astype(np.float32)
-    return (np.searchsorted(cuts, score) + 1).astype(np.float32)
+    return np.quantile(probe, np.cumsum(STAR_SHARES)[:-1]).astype(np.float32)
+
+
+def planted_scores(cfg) -> tuple[np.ndarray, np.ndarray]:
+    """What `generate(cfg)` drew before the noise, regenerated from the same seed: each rating's noiseless score
+    (in the order of generate's ratings) and the 4 star cuts."""
+    rng = np.random.default_rng(cfg.seed)
+    users, items = _sample_pairs(rng, cfg.n_users, cfg.n_items, cfg.n_ratings)
+    clean = _planted_scores(rng, users, items, cfg.n_users, cfg.n_items, cfg.rank)
+    cuts = _star_cuts(rng, clean + _noise(rng, len(clean)))
+    return clean, cuts
+
+
+def star_probabilities(clean: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """(n, 5): P(1..5 stars | noiseless score) under the generator: more than k stars when the noisy score
+    passes cut k, which the Gaussian noise does with probability Phi((score - cut_k) / NOISE_SD)."""
+    import torch
+
+    z = (torch.from_numpy(clean.astype(np.float64))[:, None] - torch.from_numpy(cuts.astype(np.float64))) / NOISE_SD
+    above = torch.special.ndtr(z).numpy()  # P(more than k stars), k = 1..4, falling with k
+    ones, zeros = np.ones((len(clean), 1)), np.zeros((len(clean), 1))
+    return np.hstack([ones, above]) - np.hstack([above, zeros])
+
+
+def noise_floor(cfg) -> float:
+    """The RMSE of the best possible predictor of `generate(cfg)`'s stars, E[stars | noiseless score]: the root
+    of the mean conditional variance of the stars over the generated ratings. No model can do better in
+    expectation on ratings drawn this way."""
+    clean, cuts = planted_scores(cfg)
+    stars = np.arange(1.0, 6.0)
+    total = 0.0
+    for start in range(0, len(clean), _CHUNK):
+        prob = star_probabilities(clean[start:start + _CHUNK], cuts)
+        mean = prob @ stars
+        total += float((prob @ stars ** 2 - mean ** 2).sum())
+    return float(np.sqrt(total / len(clean)))
 
 
 def _timestamps(rng, users, n_users: int) -> np.ndarray:

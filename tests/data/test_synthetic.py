@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from distrib.config import SyntheticConfig
-from distrib.data.synthetic import generate
+from distrib.data.synthetic import NOISE_SD, generate, noise_floor, planted_scores, star_probabilities
 
 CFG = SyntheticConfig(n_users=3000, n_items=2000, n_ratings=150_000, rank=8, seed=3)
 
@@ -58,3 +58,34 @@ def test_planted_structure_is_learnable():
 def test_near_dense_request_completes():
     raw = generate(SyntheticConfig(n_users=30, n_items=20, n_ratings=590, rank=2, seed=0))
     assert len(np.unique(raw.users * 100 + raw.items)) == 590
+
+
+def _rmse(a, b) -> float:
+    return float(np.sqrt(np.mean((np.asarray(a, np.float64) - b) ** 2)))
+
+
+def test_noise_floor_matches_monte_carlo_and_is_below_every_predictor():
+    cfg = SyntheticConfig(n_users=400, n_items=300, n_ratings=30_000, rank=4, seed=5)
+    floor = noise_floor(cfg)
+    clean, cuts = planted_scores(cfg)
+    # Fresh noise on the same scores, cut at the same cuts: each rating's spread of stars around its mean.
+    draws = np.searchsorted(cuts, clean[:, None] + NOISE_SD * np.random.default_rng(0).standard_normal(
+        (len(clean), 200)).astype(np.float32)) + 1
+    monte_carlo = float(np.sqrt(draws.var(axis=1, ddof=1).mean()))
+    assert abs(floor - monte_carlo) < 0.003, (floor, monte_carlo)
+    # The best predictor scores generate's own stars at the floor: the regenerated scores are the ones it used.
+    ratings = generate(cfg).ratings
+    best = star_probabilities(clean, cuts) @ np.arange(1.0, 6.0)
+    assert abs(_rmse(ratings, best) - floor) < 0.01
+    # Anything else does worse: the global mean, user + movie biases fitted on these very ratings, and the
+    # noiseless score cut into stars.
+    raw = generate(cfg)
+    users, items, target = raw.users - 1, raw.items - 1, ratings.astype(np.float64)
+    per_user = np.maximum(np.bincount(users, minlength=cfg.n_users), 1)
+    per_item = np.maximum(np.bincount(items, minlength=cfg.n_items), 1)
+    mean, b_i = target.mean(), np.zeros(cfg.n_items)
+    for _ in range(10):  # alternating least squares of mean + b_u + b_i
+        b_u = np.bincount(users, target - mean - b_i[items], cfg.n_users) / per_user
+        b_i = np.bincount(items, target - mean - b_u[users], cfg.n_items) / per_item
+    assert floor + 0.05 < _rmse(target, mean + b_u[users] + b_i[items]) < _rmse(target, mean)
+    assert floor + 0.02 < _rmse(target, np.searchsorted(cuts, clean) + 1)
