@@ -443,6 +443,8 @@ def print_report(results: dict) -> None:
     print(f"\nCPU {m.get('cpu')}; torch {m.get('torch')}, capability {m.get('capability')}; {m.get('cpus')} CPUs, "
           f"OMP_NUM_THREADS={m.get('threads')}; load average at start {m.get('load_start')}, "
           f"at end {m.get('load_end')}; {m.get('counts')}")
+    if len(results.get("loads", [])) > 1:
+        print("load average (1, 5, 15 min) at the start and end of each part: " + "; ".join(results["loads"]))
     prep = results.get("prep")
     if prep:
         print(f"data preparation (generate, encode, split, cache): {prep['cold']['wall_s']:.1f} s, peak "
@@ -498,12 +500,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     results = json.loads(path.read_text()) if path.exists() else {}  # parts run later add to earlier ones
-    results["machine"] = machine_info()
+    machine = machine_info()
+    results["machine"] = {**machine, **results.get("machine", {})}  # the first invocation's start stays
     results["csv_mode"] = args.csv_mode
     results["machine"]["counts"] = " ".join(synthetic_overrides(args)[1:4]) + f" ({args.dataset}, scale {args.scale})"
     print(results["machine"], flush=True)
     run_parts(args, results)
     results["machine"]["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    results.setdefault("loads", []).append(f"{' '.join(args.parts)}: {machine['load_start']} .. "
+                                           f"{results['machine']['load_end']}")
     path.write_text(json.dumps(results, indent=1))
     print_report(results)
 
