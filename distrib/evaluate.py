@@ -6,8 +6,10 @@ against every movie the user has no known rating for).
 
 The run directory supplies everything: config.yaml (the resolved config, so the same data and model
 shape) and checkpoints/best.pt. Ranking scores every movie for every user; on the largest MovieLens sets
-that is billions of model calls, so it ranks a seeded sample of at most --max-users users (default 10000,
-0 for all) and says so.
+that is billions of (user, movie) pairs, so it ranks a seeded sample of at most --max-users users (default
+10000, 0 for all) and says so. Models that can score all movies at once (`score_items`: embeddingnet, mf,
+bias and ensembles of them) do so; the others score each pair through their forward. While ranking runs, a
+line on stderr every PROGRESS_EVERY_S seconds says how far it is, so a SLURM log shows the job alive.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,7 @@ RELEVANT_RATING = 4.0
 PREDICT_BATCH = 65536  # (user, movie) pairs per forward pass
 MAX_RANKING_USERS = 10000
 SAMPLE_SEED = 0
+PROGRESS_EVERY_S = 30.0  # as training's progress lines in a log (train.log_every_s)
 
 
 @dataclass
@@ -100,12 +104,51 @@ def _predict(model, users, items, device):
 
 
 def score_all_items(model: torch.nn.Module, users, n_items: int, device: torch.device | str = "cpu") -> np.ndarray:
-    """(len(users), n_items) predicted ratings: every movie for each user, as one batched matrix."""
+    """(len(users), n_items) predicted ratings: every movie for each user, as one batched matrix. The model's
+    `score_items` where it has one; else every (user, movie) pair through forward."""
     import numpy as np
+    import torch
 
     users = np.asarray(users, dtype=np.int64)
+    score_items = getattr(model, "score_items", None)
+    if score_items is not None:
+        with torch.no_grad():
+            scores = score_items(torch.from_numpy(users.copy()).to(device))
+        if scores is not None:
+            return scores.float().cpu().numpy()
     flat = predict(model, np.repeat(users, n_items), np.tile(np.arange(n_items), users.size), device)
     return flat.reshape(users.size, n_items)
+
+
+class RankingProgress:
+    """Progress of the ranking pass: `scored(n)` after each batch of users; a line on `stream` (stderr by
+    default) once every `every_s` seconds (0: after every batch), of the form
+
+        ranking: 2560/10000 users (25%) - 3.1M pairs/s - 1m05s, ETA 3m10s
+    """
+
+    def __init__(self, total_users: int, n_items: int, every_s: float = PROGRESS_EVERY_S, stream=None,
+                 clock=time.monotonic):
+        self.total_users, self.n_items, self.every_s = total_users, n_items, every_s
+        self.users = 0
+        self._stream, self._clock = stream, clock
+        self._started = clock()
+        self._next_line_at = self._started + every_s
+
+    def scored(self, n_users: int) -> None:
+        from distrib.report.progress import format_duration
+
+        self.users += n_users
+        now = self._clock()
+        if now < self._next_line_at or self.users >= self.total_users:
+            return
+        self._next_line_at = now + self.every_s
+        elapsed_s = now - self._started
+        pairs_per_s = self.users * self.n_items / elapsed_s if elapsed_s > 0 else 0.0
+        eta_s = elapsed_s / self.users * (self.total_users - self.users)
+        print(f"ranking: {self.users}/{self.total_users} users ({100 * self.users // self.total_users}%) - "
+              f"{pairs_per_s / 1e6:.1f}M pairs/s - {format_duration(elapsed_s)}, ETA {format_duration(eta_s)}",
+              file=self._stream or sys.stderr, flush=True)
 
 
 def rating_metrics(model: torch.nn.Module, split, device: torch.device | str = "cpu") -> dict:
@@ -122,7 +165,8 @@ def rating_metrics(model: torch.nn.Module, split, device: torch.device | str = "
 
 
 def evaluate_run(run: LoadedRun, split_name: str = "test", max_users: int = MAX_RANKING_USERS,
-                 k: int = TOP_K, relevant_rating: float = RELEVANT_RATING) -> dict:
+                 k: int = TOP_K, relevant_rating: float = RELEVANT_RATING,
+                 progress_every_s: float = PROGRESS_EVERY_S) -> dict:
     import numpy as np
 
     from distrib.metrics.ranking import KnownItems, ranking_metrics
@@ -138,8 +182,14 @@ def evaluate_run(run: LoadedRun, split_name: str = "test", max_users: int = MAX_
     users = None
     if 0 < max_users < candidates.size:
         users = np.sort(np.random.default_rng(SAMPLE_SEED).choice(candidates, max_users, replace=False))
-    result.update(ranking_metrics(lambda chunk: score_all_items(run.model, chunk, data.n_items, run.device),
-                                  split, known, k=k, relevant_rating=relevant_rating, users=users))
+    progress = RankingProgress(candidates.size if users is None else users.size, data.n_items, progress_every_s)
+
+    def score_users(chunk):
+        scores = score_all_items(run.model, chunk, data.n_items, run.device)
+        progress.scored(len(chunk))
+        return scores
+
+    result.update(ranking_metrics(score_users, split, known, k=k, relevant_rating=relevant_rating, users=users))
     result["ranking_sampled"] = users is not None
     return result
 

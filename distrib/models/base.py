@@ -6,6 +6,8 @@ A model answers for itself instead of being recognised by its class or module:
 - `embedding_tables()`: its embedding lookups by role ("user", "movie", "user_bias", "movie_bias"), which
   the per-rating penalty regularises and a sharded trainer may place on other devices;
 - `item_vectors()`: one vector per movie, for the embedding plot, table and PCA;
+- `score_items(users)`: every movie's eval-mode prediction for a batch of users, where the model can compute it
+  faster than its forward over every (user, movie) pair (evaluate's ranking, recommend); None where it cannot;
 - `use_dropout_key(key)`: draw dropout masks per sample from the trainer's key (distrib.models.dropout), so that
   any world size trains the same model; a model without dropout ignores it.
 """
@@ -40,6 +42,11 @@ class RatingModel(nn.Module):
     @torch.no_grad()
     def item_vectors(self) -> torch.Tensor:
         return self.embedding_tables()["movie"].weight.detach()
+
+    def score_items(self, users: torch.Tensor) -> torch.Tensor | None:
+        """(len(users), n_items) eval-mode predictions, equal to forward's for every (user, movie) pair up to
+        float rounding; None: this model has no faster way, so callers score the pairs through forward."""
+        return None
 
     def penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no penalty of its own (owns_penalty is False)")

@@ -55,6 +55,12 @@ class BiasBaseline(RatingModel):
         pred = self.global_bias + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1)
         return pred.float() if self.training else pred.float().clamp(self.rating_min, self.rating_max)
 
+    @torch.no_grad()
+    def score_items(self, users: torch.Tensor) -> torch.Tensor:
+        """(len(users), n_items) eval-mode predictions of every movie: the biases broadcast."""
+        pred = self.global_bias + self.user_bias(users) + self.item_bias.weight.T
+        return pred.float().clamp(self.rating_min, self.rating_max)
+
     def embedding_tables(self) -> dict[str, nn.Embedding]:
         return {"user_bias": self.user_bias, "movie_bias": self.item_bias}
 

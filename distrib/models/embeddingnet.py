@@ -16,6 +16,11 @@ trainer fills once with `attach_train` and the checkpoint carries, as I-AutoRec'
 The modules are the article's (same state_dict keys), but forward fuses each hidden ReLU with its dropout and
 draws masks with `distrib.models.dropout`, which on CPU is much cheaper than `nn.Dropout`'s bernoulli; in training,
 keyed by each sample's position in the global batch (`use_dropout_key`), so the masks do not depend on the world size.
+
+`score_items` predicts every movie for a batch of users (evaluate's ranking, recommend) without building the
+(user, movie) pairs: the first Linear splits into a user part and a movie part, W1 [u; m] + b1 = (W1_u u + b1) +
+W1_m m, the movie part computed once for all movies and the user part once per user; only the layers after it
+run per pair, on relu(U + M), in chunks of at most SCORE_CHUNK_BYTES of activations.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from distrib.models.dropout import dropout, relu_dropout_
 
 EMBEDDING_INIT_RANGE = 0.05
 LINEAR_BIAS_INIT = 0.01
+SCORE_CHUNK_BYTES = 8 << 20  # one chunk's widest activations in score_items: small enough to stay in cache
 
 
 class EmbeddingNet(RatingModel):
@@ -109,8 +115,40 @@ class EmbeddingNet(RatingModel):
             logit = logit + (user.float() * movie.float()).sum(-1)
         if self.user_bias is not None:
             logit = logit + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1)
+        return self._rating(logit)
+
+    def _rating(self, logit: torch.Tensor) -> torch.Tensor:
+        """The logit as a rating: a sigmoid scaled to [rating_min - 0.5, rating_max + 0.5]."""
         span = self.rating_max - self.rating_min + 1
         return torch.sigmoid(logit.float()) * span + self.rating_min - 0.5
+
+    @torch.no_grad()
+    def score_items(self, users: torch.Tensor) -> torch.Tensor:
+        """(len(users), n_items) eval-mode predictions of every movie, the first layer split into a user part
+        and a movie part (module docstring)."""
+        user, movie = self.user_vectors(users), self.m.weight
+        first = self._blocks[0][0] if self._blocks else self.fc
+        n_factors = user.shape[1]
+        user_part = torch.addmm(first.bias, user, first.weight[:, :n_factors].T)  # (users, width)
+        movie_part = movie @ first.weight[:, n_factors:].T  # (movies, width)
+        later = [linear for linear, _ in self._blocks[1:]] + ([self.fc] if self._blocks else [])
+        widest = max([first.out_features] + [linear.out_features for linear in later])
+        pair_bytes = widest * user_part.element_size()
+        movies_per_chunk = max(1, min(movie.shape[0], SCORE_CHUNK_BYTES // pair_bytes))
+        users_per_chunk = max(1, SCORE_CHUNK_BYTES // (pair_bytes * movies_per_chunk))
+        logit = torch.empty(user.shape[0], movie.shape[0], dtype=user_part.dtype, device=user.device)
+        for lo in range(0, user.shape[0], users_per_chunk):
+            for start in range(0, movie.shape[0], movies_per_chunk):
+                x = user_part[lo:lo + users_per_chunk, None, :] + movie_part[None, start:start + movies_per_chunk, :]
+                for linear in later:
+                    x = linear(x.relu_())
+                logit[lo:lo + users_per_chunk, start:start + movies_per_chunk] = x.squeeze(-1)
+        logit = logit.float()
+        if self.dot:
+            logit += user.float() @ movie.float().T
+        if self.user_bias is not None:
+            logit += self.user_bias(users).float() + self.item_bias.weight.float().T
+        return self._rating(logit)
 
     def embedding_tables(self) -> dict[str, nn.Embedding]:
         tables = {"user": self.u, "movie": self.m}

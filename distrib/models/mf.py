@@ -37,5 +37,12 @@ class BiasedMF(RatingModel):
         pred = self.global_bias + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1) + dot
         return pred if self.training else pred.clamp(self.rating_min, self.rating_max)
 
+    @torch.no_grad()
+    def score_items(self, users: torch.Tensor) -> torch.Tensor:
+        """(len(users), n_items) eval-mode predictions of every movie: one matrix product plus the biases."""
+        dot = self.u(users).float() @ self.m.weight.float().T
+        pred = self.global_bias + self.user_bias(users) + self.item_bias.weight.T + dot
+        return pred.clamp(self.rating_min, self.rating_max)
+
     def embedding_tables(self) -> dict[str, nn.Embedding]:
         return {"user": self.u, "movie": self.m, "user_bias": self.user_bias, "movie_bias": self.item_bias}
