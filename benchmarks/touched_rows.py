@@ -2,17 +2,20 @@
 
     python -m benchmarks.touched_rows [--config configs/ml-25m.yaml] [--steps 30] [--rounds 3]
 
-One process, as `python -m distrib.train` runs it (a gloo process group of one, the model in DDP), the
-trainer's own `train_step` (autocast, loss, backward, optimizer, schedule) at the shapes of ml-100k, ml-1m,
-ml-25m and ml-32m (uniform synthetic ids: a batch touches as many rows as a real one at most). For each shape
-both updates (`dist.embedding_update=dense` and `touched_rows`) are timed in alternating rounds, so a shared
-host's load falls on both alike. Prints ms per step (median of the rounds; wall and CPU), each update's time
-against its own ml-100k figure, and dense / touched_rows, side by side; the ratios are of CPU time, which
-the waits of a busy host leave out (one thread: the CPU time is the step's compute).
+One process, as `python -m distrib.train` runs it (a gloo process group of one; the dense update's model in
+DDP, the touched-rows update's unwrapped), the trainer's own `train_step` (autocast, loss, backward,
+optimizer, schedule) at the shapes of ml-100k, ml-1m, ml-25m and ml-32m (uniform synthetic ids: a batch
+touches as many rows as a real one at most). For each shape three variants are timed in alternating rounds,
+so a shared host's load falls on all alike: `dist.embedding_update=dense`, `touched_rows`, and
+`touched_rows` with its tables and moments left on 4 KB pages (what `advise_huge_pages` in
+distrib/parallel/sparse_tables.py saves). Prints ms per step (median of the rounds; wall and CPU), each
+variant's time against its own ml-100k figure, and dense / touched_rows, side by side; the ratios are of CPU
+time, which the waits of a busy host leave out (one thread: the CPU time is the step's compute).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -26,11 +29,13 @@ from benchmarks.harness import REPO
 from benchmarks.sharding import synthetic_data
 from distrib.checkpoint.rundir import RunDir
 from distrib.config import load_config
+from distrib.parallel import sparse_tables
 from distrib.parallel.distributed import DistEnv
 from distrib.training.trainer import Trainer
 
 SHAPES = {"ml-100k": (943, 1682), "ml-1m": (6040, 3706), "ml-25m": (162541, 59047), "ml-32m": (200948, 87585)}
-UPDATES = ("dense", "touched_rows")
+# variant: (dist.embedding_update, whether the tables go on huge pages)
+VARIANTS = {"dense": ("dense", True), "touched_rows": ("touched_rows", True), "4 KB pages": ("touched_rows", False)}
 SINGLE = DistEnv(rank=0, local_rank=0, world_size=1, master_addr="127.0.0.1", master_port=0, launcher="single")
 
 
@@ -43,6 +48,15 @@ def cpu_name() -> str:
     return f"{fields.get('Model name', '?').strip()} ({', '.join(native) or 'no native bf16'})"
 
 
+def transparent_huge_pages() -> str:
+    """The kernel's mode, the bracketed word of /sys/kernel/mm/transparent_hugepage/enabled."""
+    try:
+        modes = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().split()
+    except OSError:
+        return "none"
+    return next((mode.strip("[]") for mode in modes if mode.startswith("[")), "?")
+
+
 def build_trainer(config: str, overrides: list[str], update: str, data, run_dir: Path) -> Trainer:
     cfg = load_config(config, [*overrides, f"dist.embedding_update={update}", "dist.embedding_sharding=none"])
     run = RunDir(run_dir)
@@ -50,6 +64,18 @@ def build_trainer(config: str, overrides: list[str], update: str, data, run_dir:
     trainer = Trainer(cfg, SINGLE, torch.device("cpu"), data, run)
     trainer.ddp.train()
     return trainer
+
+
+@contextlib.contextmanager
+def huge_pages(allowed: bool):
+    """While a trainer takes its first steps (where the tables and their moments are advised): with
+    allowed=False they stay on the base pages, as on a system without transparent huge pages."""
+    saved = sparse_tables._madvise
+    sparse_tables._madvise = saved if allowed else None
+    try:
+        yield
+    finally:
+        sparse_tables._madvise = saved
 
 
 def time_steps(trainer: Trainer, steps: int, first: int) -> tuple[float, float]:
@@ -66,17 +92,18 @@ def measure_shape(args, n_users: int, n_items: int, tmp: Path) -> dict:
     cfg = load_config(args.config, args.overrides)
     batch = cfg.train.batch_size
     data = synthetic_data(n_users, n_items, batch * (args.steps + 5))
-    trainers = {update: build_trainer(args.config, args.overrides, update, data, tmp / f"{n_users}-{update}")
-                for update in UPDATES}
-    times = {update: [] for update in UPDATES}
-    for update, trainer in trainers.items():
-        time_steps(trainer, 3, 0)  # warm-up: allocator, Adam's state, the first sparse gradients
+    trainers = {}
+    for k, (variant, (update, huge)) in enumerate(VARIANTS.items()):
+        trainers[variant] = build_trainer(args.config, args.overrides, update, data, tmp / f"{n_users}-{k}")
+        with huge_pages(huge):
+            time_steps(trainers[variant], 3, 0)  # warm-up: allocator, Adam's state, the first sparse gradients
+    times = {variant: [] for variant in VARIANTS}
     for _ in range(args.rounds):
-        for update, trainer in trainers.items():
-            times[update].append(time_steps(trainer, args.steps, 3))
+        for variant, trainer in trainers.items():
+            times[variant].append(time_steps(trainer, args.steps, 3))
     for trainer in trainers.values():
         trainer.run.close()
-    medians = {update: sorted(rounds)[len(rounds) // 2] for update, rounds in times.items()}
+    medians = {variant: sorted(rounds, key=lambda t: t[1])[len(rounds) // 2] for variant, rounds in times.items()}
     return medians | {"precision": trainers["dense"].precision}
 
 
@@ -90,27 +117,29 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29517")
-    dist.init_process_group("gloo", rank=0, world_size=1)  # as a one-process run forms it: the model goes in DDP
+    dist.init_process_group("gloo", rank=0, world_size=1)  # as a one-process run forms it
     cfg = load_config(args.config, args.overrides)
     print(f"CPU: {cpu_name()}, torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.2f} at start")
+          f"{torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.2f} at start, "
+          f"transparent huge pages: {transparent_huge_pages()}")
     print(f"{Path(args.config).name} {' '.join(args.overrides)}: {cfg.model.name}, n_factors {cfg.model.n_factors}, "
           f"hidden {cfg.model.hidden}, batch {cfg.train.batch_size}, {cfg.train.optimizer}, precision "
           f"{cfg.train.precision}; ms per step, median of {args.rounds} rounds of {args.steps} steps (CPU ms)")
-    print(f"{'shape':8} {'users':>7} {'movies':>7} | {'dense: wall (CPU)':>17} {'x ml-100k':>9} | "
-          f"{'touched: wall (CPU)':>19} {'x ml-100k':>9} | {'dense/touched':>13}")
+    print(f"{'shape':8} {'users':>7} {'movies':>7} | "
+          + " | ".join(f"{variant + ': wall (CPU)':>24} {'x ml-100k':>9}" for variant in VARIANTS)
+          + f" | {'dense/touched':>13}")
     base = {}
     with tempfile.TemporaryDirectory(prefix="distrib-bench-touched-") as tmp:
         for name in args.shapes:
             n_users, n_items = SHAPES[name]
             result = measure_shape(args, n_users, n_items, Path(tmp))
             cells = []
-            for update in UPDATES:
-                wall, cpu = result[update]
-                base.setdefault(update, cpu)
-                cells.append(f"{1e3 * wall:8.1f} ({1e3 * cpu:6.1f}) {cpu / base[update]:8.2f}x")
+            for variant in VARIANTS:
+                wall, cpu = result[variant]
+                base.setdefault(variant, cpu)
+                cells.append(f"{1e3 * wall:15.1f} ({1e3 * cpu:6.1f}) {cpu / base[variant]:8.2f}x")
             ratio = result["dense"][1] / result["touched_rows"][1]
-            print(f"{name:8} {n_users:7d} {n_items:7d} | {cells[0]} | {cells[1]}   | {ratio:12.2f}x  "
+            print(f"{name:8} {n_users:7d} {n_items:7d} | {' | '.join(cells)} | {ratio:12.2f}x  "
                   f"{result['precision']}", flush=True)
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     dist.destroy_process_group()

@@ -1,11 +1,15 @@
 """The touched-rows update of whole (replicated) tables in one process (distrib.parallel.sparse_tables): the
 tables against lazy Adam written out row by row and against torch's SparseAdam, the other parameters against
 torch's dense Adam, and when `dist.embedding_update` picks it."""
+import platform
+from pathlib import Path
+
 import pytest
 import torch
 
 from distrib.errors import UserError
-from distrib.parallel.sparse_tables import attach_sparse_tables, replicated_touched_rows
+from distrib.parallel.sparse_tables import (HUGE_PAGE_BYTES, advise_huge_pages, attach_sparse_tables, distinct_rows,
+                                            replicated_touched_rows)
 from tests.helpers import check_ok, metrics, tiny, train_cli, weights
 
 
@@ -51,6 +55,22 @@ class TwoTables(torch.nn.Module):
         return {"user": self.u, "movie": self.m}
 
 
+class WithUserBias(TwoTables):
+    """TwoTables and a user bias, looked up with the user table's ids (as the models' biases are): the two
+    tables share the step's distinct rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.ub = torch.nn.Embedding(30, 1)
+        self.ub.weight.data = torch.randn(30, 1, generator=torch.Generator().manual_seed(2))
+
+    def forward(self, users, items):
+        return super().forward(users, items) + self.ub(users).squeeze(-1)
+
+    def embedding_tables(self):
+        return super().embedding_tables() | {"user_bias": self.ub}
+
+
 def batches(n: int = 6):
     generator = torch.Generator().manual_seed(1)  # ids from a small range: rows repeat within a batch
     return [(torch.randint(0, 12, (8,), generator=generator), torch.randint(0, 9, (8,), generator=generator),
@@ -59,29 +79,31 @@ def batches(n: int = 6):
 
 @pytest.mark.parametrize("optimizer_class, decay", [(torch.optim.Adam, 0.0), (torch.optim.Adam, 0.1),
                                                     (torch.optim.AdamW, 0.1)])
-def test_replicated_tables_follow_lazy_adam_and_the_rest_dense_adam(optimizer_class, decay):
-    model = TwoTables()
+@pytest.mark.parametrize("model_class", [TwoTables, WithUserBias])
+def test_replicated_tables_follow_lazy_adam_and_the_rest_dense_adam(optimizer_class, decay, model_class):
+    model = model_class()
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
     optimizer = optimizer_class(model.parameters(), lr=0.05, weight_decay=decay, fused=True)
     attach_sparse_tables(model, optimizer)
     assert model.u.sparse and model.m.sparse
-    recorded = {"u": [], "m": []}  # each step's looked-up rows and their gradients, from a dense twin
+    tables = [name for name in ("u", "m", "ub") if hasattr(model, name)]
+    recorded = {name: [] for name in tables}  # each step's looked-up rows and their gradients, from a dense twin
     scale_reference = torch.nn.Parameter(start["scale"].clone())
     dense_adam = optimizer_class([scale_reference], lr=0.05, weight_decay=decay)
     for users, items, target in batches():
         optimizer.zero_grad(set_to_none=True)
         ((model(users, items) - target) ** 2).sum().backward()
         assert model.u.weight.grad.is_sparse
-        twin = TwoTables()
-        twin.u.weight.data, twin.m.weight.data = model.u.weight.detach().clone(), model.m.weight.detach().clone()
-        twin.scale.data = model.scale.detach().clone()
+        twin = model_class()
+        twin.load_state_dict(model.state_dict())
         ((twin(users, items) - target) ** 2).sum().backward()
-        recorded["u"].append((users, twin.u.weight.grad[users] / torch.bincount(users, minlength=30)[users, None]))
-        recorded["m"].append((items, twin.m.weight.grad[items] / torch.bincount(items, minlength=20)[items, None]))
+        for name in tables:
+            ids, grad = (items if name == "m" else users), getattr(twin, name).weight.grad
+            recorded[name].append((ids, grad[ids] / torch.bincount(ids, minlength=len(grad))[ids, None]))
         scale_reference.grad = twin.scale.grad.clone()
         dense_adam.step()
         optimizer.step()
-    for name in ("u", "m"):
+    for name in tables:
         reference = lazy_adam_reference(start[f"{name}.weight"], recorded[name], 0.05, (0.9, 0.999), 1e-8, decay,
                                         optimizer_class is torch.optim.AdamW)
         torch.testing.assert_close(getattr(model, name).weight.detach(), reference, rtol=1e-5, atol=1e-6)
@@ -112,6 +134,67 @@ def test_without_decay_replicated_tables_equal_torch_sparse_adam():
     for name, param in ours.named_parameters():
         torch.testing.assert_close(param.detach(), dict(reference.named_parameters())[name].detach(),
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_tables_looked_up_with_the_same_ids_sort_them_once():
+    seen = []
+    users, items = torch.tensor([4, 1, 4, 2]), torch.tensor([3, 3, 0, 1])
+    first = distinct_rows(users, seen)
+    assert torch.equal(first[0], torch.tensor([1, 2, 4])) and torch.equal(first[1], torch.tensor([2, 0, 2, 1]))
+    assert distinct_rows(users.clone(), seen) is first  # equal ids, another tensor: the user bias's
+    assert torch.equal(distinct_rows(items, seen)[0], torch.tensor([0, 1, 3]))
+    assert distinct_rows(torch.tensor([4, 1, 4]), seen) is not first
+
+
+def whole_huge_pages(tensor: torch.Tensor) -> tuple[int, int]:
+    """The address of the first whole 2 MB page inside the tensor's memory, and the bytes of all of them."""
+    start = tensor.untyped_storage().data_ptr()
+    first = -(-start // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
+    return first, (start + tensor.untyped_storage().nbytes()) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES - first
+
+
+def huge_page_bytes_around(tensor: torch.Tensor) -> int:
+    """AnonHugePages of the mapping that holds the tensor's first whole 2 MB page (/proc/self/smaps)."""
+    address = whole_huge_pages(tensor)[0]
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:  # a mapping's address range starts its block
+            start, end = (int(part, 16) for part in head.split("-"))
+            inside = start <= address < end
+        elif inside and head == "AnonHugePages:":
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def transparent_huge_pages_collapse() -> bool:
+    """Whether this kernel offers transparent huge pages and moves existing pages onto them on request
+    (MADV_COLLAPSE, Linux 6.1)."""
+    try:
+        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+    release = tuple(int(part) for part in platform.release().split(".")[:2] if part.isdigit())
+    return "[never]" not in mode and release >= (6, 1)
+
+
+def test_large_tables_and_their_moments_go_on_huge_pages():
+    """A table of several 2 MB pages and the moments its first step makes: on huge pages where Linux offers
+    them (the rows a step scatters over the table then need no page walk each), untouched elsewhere."""
+    model = TwoTables()
+    model.u, model.m = torch.nn.Embedding(40_000, 64), torch.nn.Embedding(20, 64)  # 9.8 MiB, 5 KiB
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05, fused=True)
+    attach_sparse_tables(model, optimizer)
+    users, items, target = batches(1)[0]
+    ((model(users, items) - target) ** 2).sum().backward()
+    optimizer.step()
+    state = optimizer.state[model.u.weight]
+    expected = transparent_huge_pages_collapse()
+    for tensor in (model.u.weight, state["exp_avg"], state["exp_avg_sq"]):
+        assert whole_huge_pages(tensor)[1] >= 3 * HUGE_PAGE_BYTES
+        assert (huge_page_bytes_around(tensor) >= whole_huge_pages(tensor)[1]) is expected
+        assert advise_huge_pages(tensor) is expected  # again: the kernel says they are huge pages already
+    assert not advise_huge_pages(model.m.weight)  # 5 KiB: not one whole huge page
 
 
 @pytest.mark.parametrize("update, world_size, n_rows, optimizer, compiled, expected", [

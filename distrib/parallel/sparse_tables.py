@@ -6,7 +6,9 @@ time for rows it never looked up, and more the larger the catalog. Here the tabl
 gradients instead (`nn.Embedding(sparse=True)`: the looked-up rows only), the optimizer's fused dense Adam
 skips them, and after its step the looked-up rows get the same Adam/AdamW update as sharded tables
 (`distrib.parallel.touched_rows._adam_rows`: lazy Adam, as FBGEMM's fused optimizers and torch's SparseAdam).
-A step's cost no longer depends on the tables' size (benchmarks/touched_rows.py).
+The tables and their moments go on 2 MB pages (`advise_huge_pages`): what a step's few thousand scattered
+rows still pay for the tables' size is mostly address translation on 4 KB pages. A step's cost then hardly
+depends on the tables' size (benchmarks/touched_rows.py).
 
 What differs from the dense update, as with sharded tables: a row's moments advance and its weight decays
 only in the steps that look it up (Adam's bias correction counts every step). That is the choice here because
@@ -19,6 +21,10 @@ tables there (`dist.embedding_sharding`), where the same update is the default.
 """
 from __future__ import annotations
 
+import ctypes
+import sys
+import weakref
+
 import torch
 from torch import nn
 
@@ -29,6 +35,12 @@ from distrib.parallel.touched_rows import _adam_rows
 # rows (ml-10m and larger at batch 2000): there the dense walk is a large part of a step, and smaller data
 # keeps the dense update its published results were trained with.
 AUTO_MAX_TOUCHED_SHARE = 0.1
+
+# Linux's transparent huge pages (x86-64, and arm64 with 4 KB base pages) and the madvise advice that asks
+# for them: MADV_HUGEPAGE keeps a range on them from now on, MADV_COLLAPSE (Linux 6.1+) moves the pages the
+# range already has onto them at once.
+HUGE_PAGE_BYTES = 2 << 20
+_MADV_HUGEPAGE, _MADV_COLLAPSE = 14, 25
 
 
 def replicated_touched_rows(update: str, world_size: int, n_rows: int, batch_size: int, optimizer: str,
@@ -73,16 +85,74 @@ def attach_sparse_tables(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
                 pending[id(table)] = grad
                 table.weight.grad = None
 
+    advised: dict[int, tuple[weakref.ref, int]] = {}  # id(tensor) -> the tensor and the address advised
+
     @torch.profiler.record_function("touched_rows: update")
     def update(opt, args, kwargs) -> None:
+        seen: list[tuple[torch.Tensor, tuple]] = []  # this step's ids and their torch.unique
         for table in tables:
             grad = pending.pop(id(table), None)
+            distinct = None
             if grad is None:  # not looked up in this step: Adam's step count still advances
                 rows = torch.empty(0, dtype=torch.int64, device=table.weight.device)
                 values = table.weight.new_empty(0, table.embedding_dim)
             else:  # uncoalesced: _adam_rows sums the gradients of repeated rows itself
                 rows, values = grad._indices()[0], grad._values()
-            _adam_rows(opt.state[table.weight], table.weight, rows, values, group_of[id(table.weight)])
+                distinct = distinct_rows(rows, seen)
+            state = opt.state[table.weight]
+            _adam_rows(state, table.weight, rows, values, group_of[id(table.weight)], distinct=distinct)
+            # the moments appear with the first step, or anew when a checkpoint is loaded
+            for tensor in (table.weight, state["exp_avg"], state["exp_avg_sq"]):
+                ref, address = advised.get(id(tensor), (None, None))
+                if ref is None or ref() is not tensor or address != tensor.data_ptr():
+                    advise_huge_pages(tensor)
+                    advised[id(tensor)] = weakref.ref(tensor), tensor.data_ptr()
 
     optimizer.register_step_pre_hook(take_gradients)
     optimizer.register_step_post_hook(update)
+
+
+def distinct_rows(ids: torch.Tensor, seen: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """`torch.unique(ids, return_inverse=True)`, sorted once per step for tables looked up with the same ids
+    (a user table and the user biases); `seen` holds this step's ids and their result so far."""
+    for earlier, distinct in seen:
+        if earlier.shape == ids.shape and torch.equal(earlier, ids):
+            return distinct
+    distinct = torch.unique(ids, return_inverse=True)
+    seen.append((ids, distinct))
+    return distinct
+
+
+def _libc_madvise():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes, madvise.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return madvise
+
+
+_madvise = _libc_madvise()
+
+
+def advise_huge_pages(tensor: torch.Tensor) -> bool:
+    """Back a CPU tensor's memory with 2 MB pages where Linux offers them (transparent huge pages not set to
+    `never`); elsewhere, or where the kernel declines, nothing changes. Whether its whole 2 MB pages are huge
+    pages now (False for a tensor smaller than one).
+
+    A step reads and writes a few thousand rows scattered over tables of tens of MB (ml-25m's user table and
+    its two Adam moments: 125 MB). On 4 KB pages nearly every row is on a page of its own, and the address
+    translation of each (a TLB miss and a page walk) costs more than the row: it is the part of a step that
+    grows with the tables. A 2 MB page covers 8,192 rows of 64 floats (benchmarks/touched_rows.py)."""
+    if _madvise is None or tensor.device.type != "cpu":
+        return False
+    storage = tensor.untyped_storage()
+    start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+    first = -(-start // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES  # the whole huge pages inside the storage
+    last = end // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
+    if last <= first:
+        return False
+    _madvise(first, last - first, _MADV_HUGEPAGE)
+    return _madvise(first, last - first, _MADV_COLLAPSE) == 0  # an older kernel refuses: the pages follow later

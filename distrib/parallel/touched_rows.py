@@ -95,9 +95,11 @@ def attach_to_optimizer(kernels: list[nn.Module], optimizer: torch.optim.Optimiz
 
 @torch.no_grad()
 def _adam_rows(state: dict, table: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor, group: dict,
-               trust_ratio: bool = False) -> None:
+               trust_ratio: bool = False, distinct: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """torch's Adam/AdamW step (its fused kernel, amsgrad off) on the given rows of `table`; the gradients of
-    repeated rows are summed first. trust_ratio: LAMB's step instead, each row its own trust ratio."""
+    repeated rows are summed first. trust_ratio: LAMB's step instead, each row its own trust ratio.
+    distinct: `torch.unique(rows, return_inverse=True)` where the caller already has it (another table
+    looked up with the same ids), so the ids are sorted once."""
     weight = table.data.as_subclass(torch.Tensor)
     if not state:  # Adam's own layout, so checkpoints and the dense update read it unchanged
         state["step"] = torch.zeros((), dtype=torch.float32, device=weight.device)
@@ -106,7 +108,7 @@ def _adam_rows(state: dict, table: torch.Tensor, rows: torch.Tensor, grads: torc
     if rows.numel() == 0:
         state["step"] += 1  # bias correction counts every step
         return
-    rows, position = torch.unique(rows, return_inverse=True)
+    rows, position = distinct if distinct is not None else torch.unique(rows, return_inverse=True)
     grad = torch.zeros(rows.numel(), weight.shape[1], dtype=grads.dtype, device=grads.device)
     grad.index_add_(0, position, grads)
     values = weight.index_select(0, rows)
