@@ -53,11 +53,13 @@ def target_ranks(scores: np.ndarray, known: np.ndarray, rows: np.ndarray, target
     scores, known: (n_rows, n_items); rows, targets: (n_pairs,) indices into them.
     """
     rows, targets = np.asarray(rows, dtype=np.int64), np.asarray(targets, dtype=np.int64)
+    target_scores = scores[rows, targets]
+    # known movies scored -inf once per row, so each pair needs one comparison pass and a count
+    competitors = np.where(known, -np.inf, scores)
     ranks = np.empty(rows.size, dtype=np.int64)
     for start in range(0, rows.size, PAIR_CHUNK):
-        r, t = rows[start:start + PAIR_CHUNK], targets[start:start + PAIR_CHUNK]
-        beaten = (scores[r] >= scores[r, t][:, None]) & ~known[r]
-        ranks[start:start + PAIR_CHUNK] = 1 + beaten.sum(axis=1)
+        r, t = rows[start:start + PAIR_CHUNK], target_scores[start:start + PAIR_CHUNK]
+        ranks[start:start + PAIR_CHUNK] = 1 + np.count_nonzero(competitors[r] >= t[:, None], axis=1)
     return ranks
 
 

@@ -8,6 +8,7 @@ A model answers for itself instead of being recognised by its class or module:
 - `item_vectors()`: one vector per movie, for the embedding plot, table and PCA;
 - `score_items(users)`: every movie's eval-mode prediction for a batch of users, where the model can compute it
   faster than its forward over every (user, movie) pair (evaluate's ranking, recommend); None where it cannot;
+  `score_items_flops()` its cost per pair, from which evaluate sizes its default sample;
 - `use_dropout_key(key)`: draw dropout masks per sample from the trainer's key (distrib.models.dropout), so that
   any world size trains the same model; a model without dropout ignores it.
 """
@@ -46,6 +47,11 @@ class RatingModel(nn.Module):
     def score_items(self, users: torch.Tensor) -> torch.Tensor | None:
         """(len(users), n_items) eval-mode predictions, equal to forward's for every (user, movie) pair up to
         float rounding; None: this model has no faster way, so callers score the pairs through forward."""
+        return None
+
+    def score_items_flops(self) -> float | None:
+        """About how many floating-point operations `score_items` spends per (user, movie) pair (its per-user and
+        per-movie parts left out: they do not grow with users x movies); None where it has no `score_items`."""
         return None
 
     def penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -122,6 +122,14 @@ class EmbeddingNet(RatingModel):
         span = self.rating_max - self.rating_min + 1
         return torch.sigmoid(logit.float()) * span + self.rating_min - 0.5
 
+    def score_items_flops(self) -> float:
+        """Per pair: the user and movie parts' sum and its ReLU, the later layers' multiply-adds, the dot product,
+        the biases and the output's sigmoid."""
+        first = self._blocks[0][0] if self._blocks else self.fc
+        later = [linear for linear, _ in self._blocks[1:]] + ([self.fc] if self._blocks else [])
+        flops = 2 * first.out_features + sum(2 * linear.in_features * linear.out_features for linear in later)
+        return float(flops + (2 * self.m.embedding_dim if self.dot else 0) + 4)
+
     @torch.no_grad()
     def score_items(self, users: torch.Tensor) -> torch.Tensor:
         """(len(users), n_items) eval-mode predictions of every movie, the first layer split into a user part

@@ -63,17 +63,6 @@ class Ensemble(RatingModel):
         pred = sum(w * p for w, p in zip(self.blend.to(preds[0].dtype), preds))
         return pred.clamp(self.rating_min, self.rating_max)
 
-    @torch.no_grad()
-    def score_items(self, users: torch.Tensor) -> torch.Tensor | None:
-        """The blend of the members' `score_items`; None unless every member has one."""
-        scores = []
-        for member in self.members:
-            scores.append(member.score_items(users))
-            if scores[-1] is None:
-                return None
-        pred = sum(w * s.float() for w, s in zip(self.blend.float(), scores))
-        return pred.clamp(self.rating_min, self.rating_max)
-
     def penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         terms = [penalty(users, items) for penalty in self._penalties if penalty is not None]
         return sum(terms) if terms else torch.zeros((), device=users.device)

@@ -44,5 +44,8 @@ class BiasedMF(RatingModel):
         pred = self.global_bias + self.user_bias(users) + self.item_bias.weight.T + dot
         return pred.clamp(self.rating_min, self.rating_max)
 
+    def score_items_flops(self) -> float:
+        return float(2 * self.m.embedding_dim + 4)
+
     def embedding_tables(self) -> dict[str, nn.Embedding]:
         return {"user": self.u, "movie": self.m, "user_bias": self.user_bias, "movie_bias": self.item_bias}
