@@ -16,7 +16,7 @@ import numpy as np
 
 TOP_K = 10
 RELEVANT_RATING = 4.0
-PAIR_CHUNK = 4096  # pairs compared against all movies at once: PAIR_CHUNK * n_items booleans
+PAIR_CHUNK = 1024  # one user's pairs compared against all movies at once: PAIR_CHUNK * n_items booleans
 
 
 class KnownItems:
@@ -53,13 +53,18 @@ def target_ranks(scores: np.ndarray, known: np.ndarray, rows: np.ndarray, target
     scores, known: (n_rows, n_items); rows, targets: (n_pairs,) indices into them.
     """
     rows, targets = np.asarray(rows, dtype=np.int64), np.asarray(targets, dtype=np.int64)
-    target_scores = scores[rows, targets]
-    # known movies scored -inf once per row, so each pair needs one comparison pass and a count
-    competitors = np.where(known, -np.inf, scores)
     ranks = np.empty(rows.size, dtype=np.int64)
-    for start in range(0, rows.size, PAIR_CHUNK):
-        r, t = rows[start:start + PAIR_CHUNK], target_scores[start:start + PAIR_CHUNK]
-        ranks[start:start + PAIR_CHUNK] = 1 + np.count_nonzero(competitors[r] >= t[:, None], axis=1)
+    by_row = np.argsort(rows, kind="stable")
+    for pairs in np.split(by_row, np.flatnonzero(np.diff(rows[by_row])) + 1):
+        if pairs.size == 0:
+            continue
+        row = rows[pairs[0]]
+        # the row's known movies scored -inf once, then each of its pairs is one comparison pass and a count
+        competitors = np.where(known[row], -np.inf, scores[row])
+        for start in range(0, pairs.size, PAIR_CHUNK):
+            chunk = pairs[start:start + PAIR_CHUNK]
+            target_scores = scores[row, targets[chunk]]
+            ranks[chunk] = 1 + np.count_nonzero(competitors >= target_scores[:, None], axis=1)
     return ranks
 
 
