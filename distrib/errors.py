@@ -21,13 +21,14 @@ class UserError(Exception):
 
 
 def exit_on_user_error(main):
-    """Wrap an entry point so a UserError prints `distrib: error: ...` and exits 2 without a traceback."""
+    """Wrap an entry point so a UserError prints `distrib: error: ...` and exits 2 without a traceback (an
+    Interrupted the same way, exit 130)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except UserError as err:
+        except (UserError, Interrupted) as err:
             # One write for the whole line: print() writes the text and the newline separately, and under
             # torchrun the ranks share one stderr pipe, so two ranks' lines were seen spliced into one.
             report_line(f"distrib: error: {err}")
@@ -86,8 +87,12 @@ class JobError(UserError):
     """The job itself failed in a way the user must act on (diverged loss, lost rank): one line, exit 2."""
 
 
-class Interrupted(JobError):
-    """Ctrl-C (SIGINT): the run stops where it is, its last checkpoint intact, and says so in one line."""
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT): the run stops where it is, its last checkpoint intact, and says so in one line.
+
+    A BaseException, as KeyboardInterrupt is, so that no `except Exception` on its way swallows it: logging
+    catches every Exception its stream raises while writing a line, so a SIGINT landing there as a UserError
+    would be printed as a logging error while the run went on, deaf to any further SIGINT."""
 
     exit_code = EXIT_INTERRUPTED
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 import numpy as np
 
 from distrib.config import SyntheticConfig
-from distrib.data.synthetic import NOISE_SD, generate, noise_floor, planted_scores, star_probabilities
+from distrib.data.synthetic import (
+    NOISE_SD,
+    generate,
+    noise_floor,
+    planted_scores,
+    star_probabilities,
+)
 
 CFG = SyntheticConfig(n_users=3000, n_items=2000, n_ratings=150_000, rank=8, seed=3)
 
