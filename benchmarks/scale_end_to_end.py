@@ -341,7 +341,7 @@ def run_parts(args, results: dict) -> None:
         csv_args = argparse.Namespace(**{**vars(args), "epochs": 1})
         results["csv"]["train"] = train_mode(csv_args, f"csv-{args.csv_mode}", ranks, overrides, csv_data)
         save()
-    for name in list(results.get("modes", {})) if "evaluate" in args.parts else []:
+    for name in [m for m in results.get("modes", {}) if m in args.modes] if "evaluate" in args.parts else []:
         res = watch([sys.executable, "-m", "distrib.evaluate", str(args.out / "runs" / name)],
                     args.out / f"{name}.evaluate.log", timeout_s=args.evaluate_timeout_s)
         results["modes"][name]["evaluate"] = {"rc": res["rc"], "wall_s": res["wall_s"], "peaks_mb": res["peaks_mb"],
