@@ -208,17 +208,22 @@ def evaluate_run(run: LoadedRun, split_name: str = "test", max_users: int | None
 
     result.update(ranking_metrics(score_users, split, known, k=k, relevant_rating=relevant_rating, users=users))
     result["ranking_sampled"] = users is not None
+    result["ranking_candidates"] = int(candidates.size)  # the users a full ranking would cover
     return result
 
 
 def format_result(result: dict, run_dir: Path, k: int = TOP_K) -> str:
-    sample = " (a seeded sample)" if result["ranking_sampled"] else ""
+    users = f"{result['ranking_users']} users"
+    sample = ""
+    if result["ranking_sampled"]:
+        users = f"{result['ranking_users']} of the {result['ranking_candidates']} users"
+        sample = " (a seeded sample; --max-users sets its size)"
     return "\n".join([
         f"{run_dir}: {result['checkpoint']} on {result['split']} ({result['ratings']} ratings)",
         f"  rmse {result['rmse']:.4f}   mae {result['mae']:.4f}",
-        f"  hr@{k} {result[f'hr@{k}']:.4f}   ndcg@{k} {result[f'ndcg@{k}']:.4f}   over {result['ranking_users']} users"
-        f"{sample}, {result['ranking_pairs']} held-out ratings >= {RELEVANT_RATING:g}, each ranked against "
-        f"all movies the user has not rated",
+        f"  hr@{k} {result[f'hr@{k}']:.4f}   ndcg@{k} {result[f'ndcg@{k}']:.4f}   over {users} with a held-out "
+        f"rating >= {RELEVANT_RATING:g}{sample}, {result['ranking_pairs']} such ratings, each ranked against all "
+        f"movies the user has not rated",
     ])
 
 

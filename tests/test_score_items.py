@@ -14,7 +14,7 @@ import torch
 from distrib.config import load_config
 from distrib.data.types import RatingSplit
 from distrib.evaluate import (MAX_RANKING_USERS, MIN_RANKING_USERS, LoadedRun, RankingProgress,
-                              default_ranking_users, evaluate_run, predict, score_all_items)
+                              default_ranking_users, evaluate_run, format_result, predict, score_all_items)
 from distrib.metrics.ranking import KnownItems, ranking_metrics
 from distrib.models import build_model
 
@@ -131,13 +131,25 @@ def test_progress_line_on_a_log_stream():
     assert len(stream.getvalue().splitlines()) == 1
 
 
-def test_evaluate_run_prints_progress_to_stderr(capsys):
-    n_users = 600  # three batches of ranked users
+def _loaded_run(n_users: int) -> LoadedRun:
+    """A run as load_run returns it, over random ratings, with an mf model."""
     train, test = _splits(1, n_users)
     model = _model(FAST_MODELS["mf"], train, n_users)
     data = SimpleNamespace(train=train, val=None, test=test, n_users=n_users, n_items=N_ITEMS)
-    run = LoadedRun(cfg=None, model=model, data=data, checkpoint=Path("best.pt"), device=torch.device("cpu"))
-    result = evaluate_run(run, "test", max_users=0, progress_every_s=0.0)
+    return LoadedRun(cfg=None, model=model, data=data, checkpoint=Path("best.pt"), device=torch.device("cpu"))
+
+
+def test_the_output_says_how_many_users_were_ranked():
+    sampled = evaluate_run(_loaded_run(N_USERS), "test", max_users=25)
+    everyone = evaluate_run(_loaded_run(N_USERS), "test", max_users=0)
+    assert sampled["ranking_users"] == 25 and sampled["ranking_candidates"] == everyone["ranking_users"] > 25
+    assert f"over 25 of the {everyone['ranking_users']} users with a held-out rating >= 4 (a seeded sample" in \
+        format_result(sampled, Path("run"))
+    assert f"over {everyone['ranking_users']} users with a held-out rating >= 4, " in format_result(everyone, Path("run"))
+
+
+def test_evaluate_run_prints_progress_to_stderr(capsys):
+    result = evaluate_run(_loaded_run(600), "test", max_users=0, progress_every_s=0.0)  # three batches of users
     lines = capsys.readouterr().err.splitlines()
     assert result["ranking_users"] > 0 and not result["ranking_sampled"]
     assert len(lines) == 2 and all(line.startswith("ranking: ") and "pairs/s" in line and "ETA" in line for line in lines)
