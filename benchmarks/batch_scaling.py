@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import math
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -52,7 +53,7 @@ DATASETS = {
 }
 RULES = {  # name -> overrides; warmup length in epochs of the row's own batch
     # what a user gets without setting anything: lr_scaling=sqrt, and batch_ramp_epochs / warmup_epochs at `auto`
-    # (a 6-epoch ramp without warmup above 4x the reference batch, else 2 warmup epochs)
+    # (above 4x the reference batch a ramp of 2.5 epochs per doubling, 10 at 16x, without warmup; else 2 warmup epochs)
     "defaults": [],
     "sqrt": ["train.lr_scaling=sqrt", "train.warmup_epochs=0"],
     "linear": ["train.lr_scaling=linear", "train.warmup_epochs=0"],
@@ -68,6 +69,9 @@ RULES = {  # name -> overrides; warmup length in epochs of the row's own batch
     "sqrt+ramp4": ["train.lr_scaling=sqrt", "train.warmup_epochs=0", "train.batch_ramp_epochs=4"],
     "none+ramp4": ["train.lr_scaling=none", "train.warmup_epochs=0", "train.batch_ramp_epochs=4"],
     "sqrt+ramp6": ["train.lr_scaling=sqrt", "train.warmup_epochs=0", "train.batch_ramp_epochs=6"],
+    # ramps that double the batch every 2 epochs and every 2.5 (what `auto` resolves to at 16x)
+    "sqrt+ramp8": ["train.lr_scaling=sqrt", "train.warmup_epochs=0", "train.batch_ramp_epochs=8"],
+    "sqrt+ramp10": ["train.lr_scaling=sqrt", "train.warmup_epochs=0", "train.batch_ramp_epochs=10"],
     "sqrt+one_cycle+ramp4": ["train.lr_scaling=sqrt", "train.warmup_epochs=0", "train.schedule=one_cycle",
                              "train.batch_ramp_epochs=4"],
     "linear+one_cycle+ramp4": ["train.lr_scaling=linear", "train.warmup_epochs=0", "train.schedule=one_cycle",
@@ -112,7 +116,16 @@ def train_row(dataset: str, batch: int, rule: str, epochs: int, seed: int, extra
             "test": summary.get("test_rmse"), "best_epoch": summary["best_epoch"], "epochs_run": len(rows),
             "steps_per_epoch": trainer.steps_per_epoch, "steps": summary["steps"], "lr": trainer.scheduler.peak_lr,
             "samples_per_s": sum(r["samples_per_s"] * r["epoch_seconds"] for r in rows) / max(train_s, 1e-9),
-            "wall_s": wall, "threads": torch.get_num_threads()}
+            "wall_s": wall, "threads": torch.get_num_threads(), "cpu": machine()}
+
+
+def machine() -> str:
+    """lscpu's model name and torch's CPU capability (AVX512 on a CPU with avx512_bf16 runs `auto` precision bf16)."""
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
+    flags = next((line for line in lscpu.splitlines() if line.startswith("Flags")), "")
+    native = [flag for flag in ("avx512_bf16", "amx_bf16") if f" {flag}" in flags]
+    return f"{model}, {torch.backends.cpu.get_cpu_capability()}, {' '.join(native) or 'no native bf16'}"
 
 
 def epochs_within(curve: list[float], target: float) -> int | None:
@@ -128,6 +141,7 @@ def reference_key(row: dict) -> tuple[str, int]:
 
 
 def print_table(results: list[dict]) -> None:
+    print("CPU of the rows:", "; ".join(sorted({r.get("cpu", "not recorded") for r in results})))
     ref = {reference_key(r): r for r in results
            if r["batch"] == REF_BATCH and r["rule"] == "sqrt" and "best_val" in r}
     print(f"{'dataset':16s} {'seed':>4s} {'batch':>7s} {'rule':22s} {'peak lr':>8s} {'steps/ep':>8s} {'best val':>8s} "

@@ -1,5 +1,5 @@
-"""`auto`, the default of train.batch_ramp_epochs and train.warmup_epochs: a 6-epoch batch ramp without warmup
-above 4x train.ref_batch_size, else 2 warmup epochs; explicit values honoured; resolved once into the numbers a run
+"""`auto`, the default of train.batch_ramp_epochs and train.warmup_epochs: above 4x train.ref_batch_size a batch
+ramp of 2.5 epochs per doubling of the batch, without warmup, else 2 warmup epochs; explicit values honoured; resolved once into the numbers a run
 saves, so a run at the reference batch trains exactly as before and a resumed run keeps what it started with."""
 from __future__ import annotations
 
@@ -23,11 +23,13 @@ def numbers(cfg: TrainConfig) -> tuple:
 @pytest.mark.parametrize("overrides, expected", [
     ([], (0, 2.0)),  # the reference batch: nothing changes
     (["train.batch_size=8000"], (0, 2.0)),  # 4x: a fixed batch with warmup kept accuracy
-    (["train.batch_size=8001"], (6, 0.0)),  # above 4x: the ramp, without warmup
-    (["train.batch_size=32000"], (6, 0.0)),
+    (["train.batch_size=8001"], (6, 0.0)),  # above 4x: the ramp, without warmup, 2.5 epochs per doubling rounded up
+    (["train.batch_size=16000"], (8, 0.0)),
+    (["train.batch_size=32000"], (10, 0.0)),
+    (["train.batch_size=128000"], (15, 0.0)),
     (["train.batch_size=32000", "train.ref_batch_size=8000"], (0, 2.0)),  # the ratio counts, not the batch
     (["train.batch_size=32000", "train.batch_ramp_epochs=4"], (4, 0.0)),  # explicit values are honoured
-    (["train.batch_size=32000", "train.warmup_epochs=1"], (6, 1.0)),
+    (["train.batch_size=32000", "train.warmup_epochs=1"], (10, 1.0)),
     (["train.batch_size=32000", "train.batch_ramp_epochs=0"], (0, 2.0)),
     (["train.batch_size=32000", "train.cuda_graph=true"], (0, 2.0)),  # a captured step has one batch size
     (["train.batch_size=32000", "train.schedule=one_cycle"], (0, 2.0)),  # the ramp was measured with restarts
@@ -43,16 +45,18 @@ def test_an_unresolved_config_trains_on_the_same_schedule_as_its_resolved_number
         cfg = TrainConfig(batch_size=batch)
         resolved = resolve_auto(cfg)
         n_train = 72_000
-        assert [batch_at(cfg, e) for e in range(8)] == [batch_at(resolved, e) for e in range(8)]
+        assert [batch_at(cfg, e) for e in range(12)] == [batch_at(resolved, e) for e in range(12)]
         assert [lr_at(s, cfg, n_train // batch, n_train) for s in range(60)] == \
                [lr_at(s, resolved, n_train // batch, n_train) for s in range(60)]
-    assert [batch_at(TrainConfig(batch_size=32000), e) for e in range(7)] == \
-           [2000, 3175, 5040, 8000, 12699, 20159, 32000]
+    # the batch doubles every 2.5 epochs
+    assert [batch_at(TrainConfig(batch_size=32000), e) for e in range(11)] == \
+           [2000, 2639, 3482, 4595, 6063, 8000, 10556, 13929, 18379, 24251, 32000]
 
 
 def test_a_resumed_run_keeps_the_numbers_it_started_with():
     cfg = TrainConfig(batch_size=32000)
     assert numbers(resolve_auto(cfg, {"batch_ramp_epochs": 0, "warmup_epochs": 2.0})) == (0, 2.0)
+    # started when `auto` ramped over 6 epochs at 16x: it keeps 6, not today's 10
     assert numbers(resolve_auto(cfg, {"batch_ramp_epochs": 6, "warmup_epochs": 0.0})) == (6, 0.0)
     # written by a version without the keys: no ramp and no warmup in epochs, as that version trained
     assert numbers(resolve_auto(cfg, {})) == (0, 0.0)
@@ -69,7 +73,7 @@ def test_check_resume_accepts_a_checkpoint_that_predates_the_keys():
     check_resume(saved, dataclasses.replace(requested, train=resolve_auto(requested.train, saved["train"])), "r")
     # a checkpoint that states its numbers refuses a change of them, as for any key that identifies the run
     ramped = to_dict(dataclasses.replace(requested, train=resolve_auto(requested.train)))
-    with pytest.raises(UserError, match=r"train.warmup_epochs \(0.0 -> 2.0\), train.batch_ramp_epochs \(6 -> 0\)"):
+    with pytest.raises(UserError, match=r"train.warmup_epochs \(0.0 -> 2.0\), train.batch_ramp_epochs \(10 -> 0\)"):
         check_resume(ramped, load_config(None, ["train.batch_size=32000", *OLD_DEFAULTS]), "r")
 
 
@@ -95,8 +99,9 @@ def test_auto_is_the_default_and_allowed_with_a_captured_step():
 def test_the_header_says_when_a_ramp_runs_and_why():
     big = TrainConfig(batch_size=32000)
     line = describe_ramp(big, resolve_auto(big))
-    assert line.startswith("batch ramp: 2,000 to 32,000 over the first 6 epochs, lr 0.001 to 0.004, no warmup")
+    assert line.startswith("batch ramp: 2,000 to 32,000 over the first 10 epochs, lr 0.001 to 0.004, no warmup")
     assert "train.batch_ramp_epochs=auto: the global batch is 16x train.ref_batch_size, above 4x" in line
+    assert "2.5 epochs per doubling of the batch" in line
     assert "train.batch_ramp_epochs=0 turns it off" in line
     explicit = TrainConfig(batch_size=32000, batch_ramp_epochs=4)
     assert describe_ramp(explicit, resolve_auto(explicit)).endswith("(train.batch_ramp_epochs=4)")
@@ -151,5 +156,5 @@ def test_a_run_started_before_auto_resumes_as_it_ran(tmp_path):
     fresh = check_ok(train_cli(tiny(tmp_path, "new", *common, "train.epochs=2"), timeout=180))
     assert "batch ramp: 100 to 500 over the first 6 epochs, lr 0.001 to 0.00224, no warmup " \
            "(train.batch_ramp_epochs=auto: the global batch is 5x train.ref_batch_size, above 4x" in unwrapped(fresh.stdout)
-    assert numbers(TrainConfig(**_saved_train(tmp_path / "new"))) == (6, 0.0)
+    assert numbers(TrainConfig(**_saved_train(tmp_path / "new"))) == (6, 0.0)  # 2.5 x log2(5), rounded up
     assert [r["step"] for r in metrics(tmp_path / "new")] == [86, 86 + 65]  # batches 100, then 131
