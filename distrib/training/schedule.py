@@ -19,9 +19,8 @@ reference batch a fixed batch with 2 warmup epochs kept the reference's accuracy
 and a ramp without warmup did once it doubled the batch no faster than every 2.5 epochs (10 epochs at 16x; with 6
 or 8, ml-latest-small's validation RMSE missed the reference's by more than 0.005 on a seed: its best epoch comes
 early at any batch, so the ramp's early, smaller batches are the ones that reach the reference's accuracy).
-`resolve_auto` turns `auto` into those numbers once, before training, so a
-run's config.yaml and checkpoints state what it ran with; the functions below read `auto` the same way for callers
-that build a Trainer directly.
+`resolve_auto` turns `auto` into those numbers once, before training, so a run's config.yaml and checkpoints state
+what it ran with; the functions below read `auto` the same way for callers that build a Trainer directly.
 
 For Adam the square-root rule is the usual choice (Malladi et al., arXiv:2205.10287); linear scaling with
 warmup (Goyal et al., arXiv:1706.02677) was shown for SGD.
