@@ -122,11 +122,16 @@ class EmbeddingNet(RatingModel):
         span = self.rating_max - self.rating_min + 1
         return torch.sigmoid(logit.float()) * span + self.rating_min - 0.5
 
+    def _first_and_later(self) -> tuple[nn.Linear, list[nn.Linear]]:
+        """The Linear that reads [user; movie], and the ones after it (the output layer last)."""
+        if not self._blocks:
+            return self.fc, []
+        return self._blocks[0][0], [linear for linear, _ in self._blocks[1:]] + [self.fc]
+
     def score_items_flops(self) -> float:
         """Per pair: the user and movie parts' sum and its ReLU, the later layers' multiply-adds, the dot product,
         the biases and the output's sigmoid."""
-        first = self._blocks[0][0] if self._blocks else self.fc
-        later = [linear for linear, _ in self._blocks[1:]] + ([self.fc] if self._blocks else [])
+        first, later = self._first_and_later()
         flops = 2 * first.out_features + sum(2 * linear.in_features * linear.out_features for linear in later)
         return float(flops + (2 * self.m.embedding_dim if self.dot else 0) + 4)
 
@@ -135,11 +140,10 @@ class EmbeddingNet(RatingModel):
         """(len(users), n_items) eval-mode predictions of every movie, the first layer split into a user part
         and a movie part (module docstring)."""
         user, movie = self.user_vectors(users), self.m.weight
-        first = self._blocks[0][0] if self._blocks else self.fc
+        first, later = self._first_and_later()
         n_factors = user.shape[1]
         user_part = torch.addmm(first.bias, user, first.weight[:, :n_factors].T)  # (users, width)
         movie_part = movie @ first.weight[:, n_factors:].T  # (movies, width)
-        later = [linear for linear, _ in self._blocks[1:]] + ([self.fc] if self._blocks else [])
         widest = max([first.out_features] + [linear.out_features for linear in later])
         pair_bytes = widest * user_part.element_size()
         movies_per_chunk = max(1, min(movie.shape[0], SCORE_CHUNK_BYTES // pair_bytes))
