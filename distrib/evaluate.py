@@ -129,7 +129,7 @@ class RankingProgress:
     """Progress of the ranking pass: `scored(n)` after each batch of users; a line on `stream` (stderr by
     default) once every `every_s` seconds (0: after every batch), of the form
 
-        ranking: 2560/10000 users (25%) - 3.1M pairs/s - 1m05s, ETA 3m10s
+        ranking: 2560/10000 users (25%) - 2.3M pairs/s - 1m05s, ETA 3m09s
     """
 
     def __init__(self, total_users: int, n_items: int, every_s: float = PROGRESS_EVERY_S, stream=None,
