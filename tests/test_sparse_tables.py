@@ -8,8 +8,13 @@ import pytest
 import torch
 
 from distrib.errors import UserError
-from distrib.parallel.sparse_tables import (HUGE_PAGE_BYTES, advise_huge_pages, attach_sparse_tables, distinct_rows,
-                                            replicated_touched_rows)
+from distrib.parallel.sparse_tables import (
+    HUGE_PAGE_BYTES,
+    advise_huge_pages,
+    attach_sparse_tables,
+    distinct_rows,
+    replicated_touched_rows,
+)
 from tests.helpers import check_ok, metrics, tiny, train_cli, weights
 
 

@@ -6,9 +6,9 @@ time for rows it never looked up, and more the larger the catalog. Here the tabl
 gradients instead (`nn.Embedding(sparse=True)`: the looked-up rows only), the optimizer's fused dense Adam
 skips them, and after its step the looked-up rows get the same Adam/AdamW update as sharded tables
 (`distrib.parallel.touched_rows._adam_rows`: lazy Adam, as FBGEMM's fused optimizers and torch's SparseAdam).
-The tables and their moments go on 2 MB pages (`advise_huge_pages`): what a step's few thousand scattered
-rows still pay for the tables' size is mostly address translation on 4 KB pages. A step's cost then hardly
-depends on the tables' size (benchmarks/touched_rows.py).
+The tables and their moments go on 2 MB pages (`advise_huge_pages`): on 4 KB pages each of a step's few
+thousand scattered rows of a large table also costs a page walk. A step's cost then hardly depends on the
+tables' size (benchmarks/touched_rows.py; docs/large-catalogs.md says where the rest goes).
 
 What differs from the dense update, as with sharded tables: a row's moments advance and its weight decays
 only in the steps that look it up (Adam's bias correction counts every step). That is the choice here because
@@ -143,9 +143,9 @@ def advise_huge_pages(tensor: torch.Tensor) -> bool:
     pages now (False for a tensor smaller than one).
 
     A step reads and writes a few thousand rows scattered over tables of tens of MB (ml-25m's user table and
-    its two Adam moments: 125 MB). On 4 KB pages nearly every row is on a page of its own, and the address
-    translation of each (a TLB miss and a page walk) costs more than the row: it is the part of a step that
-    grows with the tables. A 2 MB page covers 8,192 rows of 64 floats (benchmarks/touched_rows.py)."""
+    its two Adam moments: 125 MB). On 4 KB pages nearly every row is on a page of its own, and each costs an
+    address translation (a TLB miss and a page walk) on top of its own cache misses; a 2 MB page covers 8,192
+    rows of 64 floats. benchmarks/touched_rows.py times the step both ways."""
     if _madvise is None or tensor.device.type != "cpu":
         return False
     storage = tensor.untyped_storage()

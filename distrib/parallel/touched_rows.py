@@ -12,8 +12,6 @@ switch between the two updates when it resumes.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.optim.adam import adam
