@@ -53,6 +53,17 @@ def test_an_unresolved_config_trains_on_the_same_schedule_as_its_resolved_number
            [2000, 2639, 3482, 4595, 6063, 8000, 10556, 13929, 18379, 24251, 32000]
 
 
+@pytest.mark.parametrize("batch", [8001, 10000, 16000, 32000, 100000, 128000, 512000])
+def test_the_auto_ramp_doubles_the_batch_no_faster_than_every_two_and_a_half_epochs(batch):
+    cfg = resolve_auto(TrainConfig(batch_size=batch))
+    batches = [batch_at(cfg, e) for e in range(cfg.batch_ramp_epochs + 1)]
+    assert batches[0] == 2000 and batches[-1] == batch and batches == sorted(batches)
+    growth = [later / earlier for earlier, later in zip(batches, batches[1:])]
+    assert max(growth) <= 2 ** (1 / 2.5) * 1.001  # 1.001: the batches are rounded to whole samples
+    # and no longer than that needs: one epoch fewer would grow faster
+    assert (batch / 2000) ** (1 / (cfg.batch_ramp_epochs - 1)) > 2 ** (1 / 2.5)
+
+
 def test_a_resumed_run_keeps_the_numbers_it_started_with():
     cfg = TrainConfig(batch_size=32000)
     assert numbers(resolve_auto(cfg, {"batch_ramp_epochs": 0, "warmup_epochs": 2.0})) == (0, 2.0)
