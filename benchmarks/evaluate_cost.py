@@ -111,9 +111,9 @@ def main() -> None:
         model = build(config)
         half = build(config).to(torch.bfloat16)
         per_user, scores = time_in_turns({
-            "pairs": lambda chunk: pair_scores(model, chunk),
-            "fast fp32": lambda chunk: score_all_items(model, chunk, N_ITEMS),
-            "fast bf16": lambda chunk: score_all_items(half, chunk, N_ITEMS),
+            "pairs": lambda chunk, model=model: pair_scores(model, chunk),
+            "fast fp32": lambda chunk, model=model: score_all_items(model, chunk, N_ITEMS),
+            "fast bf16": lambda chunk, half=half: score_all_items(half, chunk, N_ITEMS),
         }, users)
         pairs_s, fast_s, bf16_s = per_user["pairs"], per_user["fast fp32"], per_user["fast bf16"]
         print(f"\n{config} ({model.score_items_flops() / 1e3:,.1f} kFLOP per pair in score_items)")
@@ -126,8 +126,8 @@ def main() -> None:
         rmse_s = TEST_RATINGS * pairs_s / N_ITEMS
         before = MAX_RANKING_USERS * (pairs_s + rank_s) + rmse_s
         after = sample * (fast_s + rank_s) + rmse_s
-        print(f"  evaluate, extrapolated (one thread, ranking as now): before, {MAX_RANKING_USERS} users through pairs: "
-              f"{fmt_s(before)};  now, the default {sample} users: {fmt_s(after)} "
+        print(f"  evaluate, extrapolated (one thread, ranking as now): before, {MAX_RANKING_USERS} users through "
+              f"pairs: {fmt_s(before)};  now, the default {sample} users: {fmt_s(after)} "
               f"(scoring {fmt_s(sample * fast_s)}, ranking {fmt_s(sample * rank_s)}, test RMSE {fmt_s(rmse_s)});  "
               f"{MAX_RANKING_USERS} users now: {fmt_s(MAX_RANKING_USERS * (fast_s + rank_s) + rmse_s)}")
 

@@ -7,10 +7,11 @@ against every movie the user has no known rating for).
 The run directory supplies everything: config.yaml (the resolved config, so the same data and model
 shape) and checkpoints/best.pt. Ranking scores every movie for every user; on the largest MovieLens sets
 that is billions of (user, movie) pairs, so it ranks a seeded sample of at most --max-users users (0 for
-all) and says how many. The default is 10000 users, fewer for a model whose scoring costs more per pair (a deep
-MLP over tens of thousands of movies): as many as RANKING_FLOPS allows, at least MIN_RANKING_USERS. Models that can score all movies at once (`score_items`: embeddingnet, mf
-and bias) do so; the others score each pair through their forward. While ranking runs, a
-line on stderr every PROGRESS_EVERY_S seconds says how far it is, so a SLURM log shows the job alive.
+all) and says how many. The default is 10000 users, fewer for a model whose scoring costs more per pair (a
+deep MLP over tens of thousands of movies): as many as RANKING_FLOPS allows, at least MIN_RANKING_USERS.
+Models that can score all movies at once (`score_items`: embeddingnet, mf and bias) do so; the others score
+each pair through their forward. While ranking runs, a line on stderr every PROGRESS_EVERY_S seconds says
+how far it is, so a SLURM log shows the job alive.
 """
 from __future__ import annotations
 
@@ -218,12 +219,13 @@ def format_result(result: dict, run_dir: Path, k: int = TOP_K) -> str:
     if result["ranking_sampled"]:
         users = f"{result['ranking_users']} of the {result['ranking_candidates']} users"
         sample = " (a seeded sample; --max-users sets its size)"
+    ranking = (f"  hr@{k} {result[f'hr@{k}']:.4f}   ndcg@{k} {result[f'ndcg@{k}']:.4f}   over {users} with a "
+               f"held-out rating >= {RELEVANT_RATING:g}{sample}, {result['ranking_pairs']} such ratings, each ranked "
+               f"against all movies the user has not rated")
     return "\n".join([
         f"{run_dir}: {result['checkpoint']} on {result['split']} ({result['ratings']} ratings)",
         f"  rmse {result['rmse']:.4f}   mae {result['mae']:.4f}",
-        f"  hr@{k} {result[f'hr@{k}']:.4f}   ndcg@{k} {result[f'ndcg@{k}']:.4f}   over {users} with a held-out "
-        f"rating >= {RELEVANT_RATING:g}{sample}, {result['ranking_pairs']} such ratings, each ranked against all "
-        f"movies the user has not rated",
+        ranking,
     ])
 
 

@@ -83,7 +83,7 @@ def test_score_items_equals_the_pair_path(name):
 
 def test_score_items_in_small_chunks(monkeypatch):
     """Chunks of a few pairs (a catalog too large for one chunk) give the same scores as one chunk."""
-    import distrib.models.embeddingnet as embeddingnet
+    from distrib.models import embeddingnet
 
     train, _ = _splits()
     model = _model(FAST_MODELS["embeddingnet-bias-dot"], train)
@@ -145,11 +145,13 @@ def test_the_output_says_how_many_users_were_ranked():
     assert sampled["ranking_users"] == 25 and sampled["ranking_candidates"] == everyone["ranking_users"] > 25
     assert f"over 25 of the {everyone['ranking_users']} users with a held-out rating >= 4 (a seeded sample" in \
         format_result(sampled, Path("run"))
-    assert f"over {everyone['ranking_users']} users with a held-out rating >= 4, " in format_result(everyone, Path("run"))
+    everyone_line = f"over {everyone['ranking_users']} users with a held-out rating >= 4, "
+    assert everyone_line in format_result(everyone, Path("run"))
 
 
 def test_evaluate_run_prints_progress_to_stderr(capsys):
     result = evaluate_run(_loaded_run(600), "test", max_users=0, progress_every_s=0.0)  # three batches of users
     lines = capsys.readouterr().err.splitlines()
     assert result["ranking_users"] > 0 and not result["ranking_sampled"]
-    assert len(lines) == 2 and all(line.startswith("ranking: ") and "pairs/s" in line and "ETA" in line for line in lines)
+    assert len(lines) == 2
+    assert all(line.startswith("ranking: ") and "pairs/s" in line and "ETA" in line for line in lines)
