@@ -32,8 +32,9 @@ RELEVANT_RATING = 4.0
 
 PREDICT_BATCH = 65536  # (user, movie) pairs per forward pass
 MAX_RANKING_USERS = 10000
-# What the default sample's scoring may cost: about 8 minutes of one core of a 2-core AVX-512 Xeon for the article's
-# 500-500-500 MLP at ml-25m's 59,047 movies (about 700 users); configs/ml-25m.yaml's model keeps all 10000 users.
+# What the default sample's scoring may cost: about 7 minutes of one core of an AVX-512 Xeon for the article's
+# 500-500-500 MLP at ml-25m's 59,047 movies (676 users; benchmarks/evaluate_cost.py); configs/ml-25m.yaml's model
+# keeps all 10000 users.
 RANKING_FLOPS = 4e13
 MIN_RANKING_USERS = 500  # HR@10's standard error over this many users is at most about 0.02
 SAMPLE_SEED = 0
