@@ -422,12 +422,13 @@ def print_accuracy(results: dict) -> None:
           f"{fmt(bias['epochs'][-1]['end'] if bias and bias['epochs'] else None, '.0f')} s), "
           f"generator's noise floor {fmt(floor, '.4f')}")
     modes = results.get("modes", {})
-    print("| mode | " + " | ".join(f"epoch {k}" for k in range(1, 1 + max(
-        (len(r.get("epochs", [])) for r in modes.values()), default=0))) + " | beats the baseline | floor + 0.01 |")
-    print("|---" * (3 + max((len(r.get("epochs", [])) for r in modes.values()), default=0)) + "|")
+    most = max((len(r.get("epochs", [])) for r in modes.values()), default=0)
+    print("| mode | " + " | ".join(f"epoch {k}" for k in range(1, 1 + most)) + " | beats the baseline | floor + 0.01 |")
+    print("|---" * (3 + most) + "|")
     for name, run in modes.items():
         cells = [f"{e.get('val_rmse', 0):.4f} ({e['end']:.0f} s)" for e in run.get("epochs", [])]
         n = len(cells)
+        cells += ["-"] * (most - n)
         beat = first_epoch(run, lambda r: baseline is not None and r < baseline)
         near = first_epoch(run, lambda r: floor is not None and r <= floor + 0.01)
         print(f"| {name} | " + " | ".join(cells) + f" | {reached(beat, n)} | {reached(near, n)} |")
