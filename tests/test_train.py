@@ -2,6 +2,7 @@
 import fcntl
 import hashlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -127,8 +128,8 @@ def _tree_digest(path):
     (["data.name=ml-7m"], "data.name: unknown value", 0),
     (["train.batch_size=1"], "smaller than the world size 2", 2),
 ])
-def test_bad_input_is_one_line_and_leaves_the_run_dir_intact(tmp_path, extra, fragment, nproc):
-    check_ok(train_cli(tiny(tmp_path, "run", "train.epochs=1")))
+def test_bad_input_is_one_line_and_leaves_the_run_dir_intact(tmp_path, tiny_run, extra, fragment, nproc):
+    shutil.copytree(tiny_run, tmp_path / "run")  # a finished run (the session's 2-epoch one) to leave intact
     before = _tree_digest(tmp_path / "run")
     proc = train_cli(tiny(tmp_path, "run", *extra), nproc=nproc)
     assert proc.returncode != 0
@@ -173,8 +174,8 @@ def test_a_second_job_on_the_same_run_dir_is_refused(tmp_path):
     assert not (run / "config.yaml").exists()
 
 
-def test_cut_off_checkpoint_falls_back_to_the_previous_one(tmp_path):
-    check_ok(train_cli(tiny(tmp_path, "run", "train.epochs=2")))
+def test_cut_off_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_run):
+    shutil.copytree(tiny_run, tmp_path / "run")  # a finished 2-epoch run: last.pt (epoch 2) and last.1.pt (epoch 1)
     last = tmp_path / "run/checkpoints/last.pt"
     last.write_bytes(last.read_bytes()[:1000])  # a write cut off midway
     proc = check_ok(train_cli(tiny(tmp_path, "run", "train.epochs=3")))
