@@ -23,11 +23,9 @@ RATINGS = "".join(f"{u},{i},{(u + i) % 5 + 1}\n" for u in range(1, 40) for i in 
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """One finished two-epoch run and its data root, shared by the module; tests work on copies."""
-    base = tmp_path_factory.mktemp("finished")
-    check_ok(train_cli(tiny(base, "run", "train.epochs=2")))
-    return base
+def finished(tiny_run):
+    """One finished two-epoch run (the session's) beside its data root; tests work on copies."""
+    return tiny_run.parent
 
 
 @pytest.fixture
