@@ -1,4 +1,5 @@
-"""Session fixtures shared by every suite: a tiny finished training run and the real-data root.
+"""Session fixtures shared by every suite: tiny finished training runs (replicated, sharded) and the real-data
+root.
 
 The CI rule (`tests.helpers.skip_or_fail`): outside CI a test whose prerequisite is missing (real MovieLens
 data, a SLURM cluster, root for a mount) is skipped; in CI (`CI` set) it fails, so CI cannot pass by not
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_module, skip_or_fail, tiny
+from tests.helpers import run_module, skip_or_fail, tiny, train_cli
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +22,17 @@ def tiny_run(tmp_path_factory) -> Path:
     that need a finished run (evaluate, recommend, checkpoint safety). Copy it before changing it."""
     root = tmp_path_factory.mktemp("tiny_run")
     out = run_module("distrib.train", *tiny(root, "run", "train.epochs=2"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_sharded_run(tmp_path_factory) -> Path:
+    """The run directory of one tiny two-epoch run with sharded embedding tables (TorchRec, 1 process, DCP
+    checkpoints), beside its data root, shared by the session's sharded-checkpoint tests. Copy it before
+    changing it."""
+    root = tmp_path_factory.mktemp("tiny_sharded_run")
+    out = train_cli(tiny(root, "run", "dist.embedding_sharding=row_wise", "train.epochs=2"))
     assert out.returncode == 0, out.stderr[-3000:]
     return root / "run"
 

@@ -166,11 +166,9 @@ def test_a_sharded_run_prints_only_its_own_lines_and_counts_the_whole_model(tmp_
 
 
 @pytest.fixture(scope="module")
-def finished_sharded(tmp_path_factory):
-    """One finished two-epoch sharded run (1 rank) and its data root; tests work on copies."""
-    base = tmp_path_factory.mktemp("sharded")
-    check_ok(train_cli(tiny(base, "run", "dist.embedding_sharding=row_wise", "train.epochs=2")))
-    return base
+def finished_sharded(tiny_sharded_run):
+    """One finished two-epoch sharded run (1 rank, the session's) beside its data root; tests work on copies."""
+    return tiny_sharded_run.parent
 
 
 @pytest.mark.parametrize("remove, fragment", [
