@@ -436,7 +436,7 @@ def print_accuracy(results: dict) -> None:
     if one and two:
         diffs = [abs(a["val_rmse"] - b["val_rmse"]) for a, b in zip(one["epochs"], two["epochs"])]
         print("1 process replicated vs 2 ranks sharded, |difference| of validation RMSE by epoch: "
-              + ", ".join(f"{d:.4f}" for d in diffs) + " (the issue asks <= 0.005)")
+              + ", ".join(f"{d:.4f}" for d in diffs) + " (aim: <= 0.005)")
 
 
 def print_report(results: dict) -> None:
