@@ -109,8 +109,12 @@ class FileLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as err:
-            raise UserError(f"{self.path.parent}: cannot create a lock file there ({err.strerror}); "
-                            f"is the directory writable?{' (' + self.hint + ')' if self.hint else ''}") from None
+            hint = f" ({self.hint})" if self.hint else ""
+            folder = self.path.parent
+            if folder.is_symlink() and not folder.exists():  # mkdir says only "File exists"
+                raise UserError(f"{folder}: a link to {os.readlink(folder)}, which does not exist{hint}") from None
+            raise UserError(f"{folder}: cannot create a lock file there ({err.strerror}); "
+                            f"is the directory writable?{hint}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except OSError as err:

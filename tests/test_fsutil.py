@@ -50,3 +50,10 @@ def test_lock_in_an_unwritable_place_is_one_user_error(tmp_path):
     with pytest.raises(UserError, match="cannot create a lock file there.*set data.root"):
         FileLock(blocker / ".lock", hint="set data.root").acquire()
     assert LockHeld("x").holder == "x"
+
+
+def test_lock_behind_a_broken_link_names_the_link_and_its_missing_target(tmp_path):
+    (tmp_path / "cache").symlink_to(tmp_path / "gone")
+    with pytest.raises(UserError, match=r"cache: a link to .*gone, which does not exist \(set data.cache_dir\)"):
+        FileLock(tmp_path / "cache" / ".lock", hint="set data.cache_dir").acquire()
+    assert (tmp_path / "cache").is_symlink() and not (tmp_path / "gone").exists()  # nothing created or replaced
