@@ -5,10 +5,10 @@ is a dataclass field declared with `option(...)`: its type (`Literal[...]` for c
 text and whether it may change when a run resumes. Validation is generic (types, choices, ranges, finiteness)
 and runs whenever a section is built; cross-field rules live in each section's `__post_init__`. Mistakes
 raise `UserError` with one line naming the key, before torch is imported or any process group forms.
-`--help` of distrib.train and the README's config table are generated from here:
+`--help` of distrib.train and the config table of docs/config.md are generated from here:
 
-    python -m distrib.config --markdown           # print the README's table
-    python -m distrib.config --update-readme      # rewrite it in README.md between its markers
+    python -m distrib.config --markdown           # print the table
+    python -m distrib.config --update-docs        # rewrite it in docs/config.md between its markers
 """
 from __future__ import annotations
 
@@ -420,17 +420,20 @@ def _set_dotted(tree: dict, key: str, value) -> None:
     node[parts[-1]] = value
 
 
-README_BEGIN, README_END = "<!-- config-table:begin -->", "<!-- config-table:end -->"
+CONFIG_DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"  # where the config table lives
+TABLE_BEGIN, TABLE_END = "<!-- config-table:begin -->", "<!-- config-table:end -->"
 
 
-def update_readme(path: Path) -> bool:
-    """Rewrite the config table between README's markers from the declarations; True if it changed."""
+def update_table(path: Path) -> bool:
+    """Rewrite the config table between the document's markers from the declarations; True if it changed."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such file (the config table lives in {CONFIG_DOC})")
     text = path.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        raise UserError(f"{path}: no {README_BEGIN} ... {README_END} markers")
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    new = f"{head}{README_BEGIN}\n{markdown_table(Config)}{README_END}{tail}"
+    if TABLE_BEGIN not in text or TABLE_END not in text:
+        raise UserError(f"{path}: no {TABLE_BEGIN} ... {TABLE_END} markers (the config table lives in {CONFIG_DOC})")
+    head, rest = text.split(TABLE_BEGIN, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    new = f"{head}{TABLE_BEGIN}\n{markdown_table(Config)}{TABLE_END}{tail}"
     if new != text:
         path.write_text(new)
     return new != text
@@ -438,16 +441,17 @@ def update_readme(path: Path) -> bool:
 
 @exit_on_user_error
 def main(argv: list[str]) -> int:
-    usage = ("usage: python -m distrib.config [--help | --markdown | --update-readme [README.md]]\n"
-             "  --markdown        print the README's config table\n"
-             "  --update-readme   rewrite that table in README.md between its markers")
+    usage = ("usage: python -m distrib.config [--help | --markdown | --update-docs [FILE]]\n"
+             "  --markdown      print the config table\n"
+             "  --update-docs   rewrite that table between its markers in FILE (default: docs/config.md);\n"
+             "                  --update-readme, its older name, does the same")
     if not argv or argv[0] in ("-h", "--help"):
         print(usage + "\n\n" + help_text(Config))
     elif argv[0] == "--markdown":
         sys.stdout.write(markdown_table(Config))
-    elif argv[0] == "--update-readme":
-        path = Path(argv[1] if len(argv) > 1 else Path(__file__).resolve().parents[1] / "README.md")
-        print(f"{path}: {'updated' if update_readme(path) else 'already up to date'}")
+    elif argv[0] in ("--update-docs", "--update-readme"):
+        path = Path(argv[1]) if len(argv) > 1 else CONFIG_DOC
+        print(f"{path}: {'updated' if update_table(path) else 'already up to date'}")
     else:
         raise UserError(f"argument {argv[0]!r}: unknown ({usage.splitlines()[0]})")
     return 0

@@ -3,7 +3,7 @@
 A key is a dataclass field made with `option(...)`: its type (`Literal[...]` for choices, `list[...]`,
 `X | None`), its range (ge/gt/le/lt), its help text and whether it may change when a run resumes. Sections
 derive from `Section`, whose construction checks every field generically; `build_section` turns a YAML tree
-into sections; `help_text` and `markdown_table` render the same declarations for --help and the README.
+into sections; `help_text` and `markdown_table` render the same declarations for --help and docs/config.md.
 Nothing here imports torch.
 """
 from __future__ import annotations
@@ -158,7 +158,7 @@ def require(condition: bool, message: str) -> None:
         raise UserError(message)
 
 
-# ---- introspection, shared by the checks, --help and the README table --------------------------------------
+# ---- introspection, shared by the checks, --help and the config table --------------------------------------
 _HINTS: dict = {}
 
 
@@ -232,7 +232,7 @@ def describe_values(hint, meta) -> str:
     return hint.__name__ if bounds == "any" else f"{hint.__name__} {bounds.removeprefix('in ')}"
 
 
-# ---- documents: --help and the README table ----------------------------------------------------------------
+# ---- documents: --help and the config table ----------------------------------------------------------------
 def _default_text(f: dataclasses.Field) -> str:
     value = f.default_factory() if f.default is dataclasses.MISSING else f.default
     if isinstance(value, str):
@@ -253,7 +253,7 @@ def help_text(cls) -> str:
 
 
 def markdown_table(cls) -> str:
-    """The README's config table, one row per key; "may change" marks keys a resumed run may change."""
+    """docs/config.md's table, one row per key; "may change" marks keys a resumed run may change."""
     rows = ["| key | default | values | meaning | on resume |", "|---|---|---|---|---|"]
     for key, hint, f in iter_keys(cls):
         resume = "may change" if f.metadata.get("changeable") else ""
