@@ -16,7 +16,7 @@ from tests.helpers import check_ok, clean_env, metrics, summary, train_cli
 pytestmark = pytest.mark.slow  # every test here launches processes or trains
 
 REPO = Path(__file__).resolve().parents[1]
-EPOCHS = 6
+EPOCHS = 3  # validation RMSE after epochs 1-3: 1.001, 0.981, 0.952 (0.918 after 6, at twice the time)
 RMSE_BOUND = 1.0
 
 
