@@ -1,9 +1,8 @@
 """Sharded tables (dist.embedding_sharding) offer what replicated mode offers: bf16 autocast of the dense part,
-train.optimizer=lamb, model.blend=validation, every shipped config, and docs/sharding.md's commands. Real
-torchrun ranks, real gloo, real TorchRec."""
+train.optimizer=lamb, model.blend=validation, every shipped config (docs/sharding.md's commands run in
+tests/test_doc_commands.py). Real torchrun ranks, real gloo, real TorchRec."""
 import json
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -125,29 +124,3 @@ def test_every_shipped_config_trains_sharded_or_names_the_key_to_change():
                 rmse = float(outcome.split("val_rmse ")[1].split(",")[0])
                 assert np.isfinite(rmse) and 0 < rmse < 5, outcome
 
-
-def doc_commands() -> list[list[str]]:
-    """The commands of docs/sharding.md's ```bash blocks, in order, as argument lists (comments dropped)."""
-    text = (REPO / "docs" / "sharding.md").read_text()
-    blocks = re.findall(r"^```bash\n(.*?)^```", text, re.M | re.S)
-    return [shlex.split(line, comments=True) for block in blocks for line in block.splitlines() if line.strip()]
-
-
-@pytest.mark.timeout(900)
-def test_the_sharded_commands_of_docs_sharding_md_run(tmp_path, data_root):
-    """Each training command runs as written but for train.epochs=1 appended (they are full trainings) and
-    data.root pointing at the test data; the commands that use the trained run then run exactly as written."""
-    commands = [words for words in doc_commands() if words[0] != "pip"]  # installs need the network
-    trainings = [words for words in commands if "distrib.train" in words]
-    assert trainings and any("dist.embedding_sharding=row_wise" in words for words in trainings)
-    (tmp_path / "configs").symlink_to(REPO / "configs")
-    env = clean_env() | {"PYTHONPATH": str(REPO)}
-    for words in commands:
-        if words[0] == "torchrun":
-            words = [sys.executable, "-m", "torch.distributed.run", *words[1:]]
-        elif words[0] == "python":
-            words = [sys.executable, *words[1:]]
-        if "distrib.train" in words:
-            words = [w for w in words if not w.startswith("data.root=")] + ["train.epochs=1", f"data.root={data_root}"]
-        proc = subprocess.run(words, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"{shlex.join(words)}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
