@@ -136,25 +136,25 @@ class RankingProgress:
 
     def __init__(self, total_users: int, n_items: int, every_s: float = PROGRESS_EVERY_S, stream=None,
                  clock=time.monotonic):
-        self.total_users, self.n_items, self.every_s = total_users, n_items, every_s
+        from distrib.report.progress import LineTimer
+
+        self.total_users, self.n_items = total_users, n_items
         self.users = 0
-        self._stream, self._clock = stream, clock
-        self._started = clock()
-        self._next_line_at = self._started + every_s
+        self._stream = stream
+        self._timer = LineTimer(every_s, clock)
 
     def scored(self, n_users: int) -> None:
-        from distrib.report.progress import format_duration
+        from distrib.report.progress import elapsed_and_eta
 
         self.users += n_users
-        now = self._clock()
-        if now < self._next_line_at or self.users >= self.total_users:
+        if self.users >= self.total_users:  # the last batch: the result follows at once
             return
-        self._next_line_at = now + self.every_s
-        elapsed_s = now - self._started
+        elapsed_s = self._timer.due()
+        if elapsed_s is None:
+            return
         pairs_per_s = self.users * self.n_items / elapsed_s if elapsed_s > 0 else 0.0
-        eta_s = elapsed_s / self.users * (self.total_users - self.users)
         print(f"ranking: {self.users}/{self.total_users} users ({100 * self.users // self.total_users}%) - "
-              f"{pairs_per_s / 1e6:.1f}M pairs/s - {format_duration(elapsed_s)}, ETA {format_duration(eta_s)}",
+              f"{pairs_per_s / 1e6:.1f}M pairs/s - {elapsed_and_eta(elapsed_s, self.users, self.total_users)}",
               file=self._stream or sys.stderr, flush=True)
 
 

@@ -13,7 +13,7 @@ import re
 import pytest
 import torch
 
-from distrib.report.progress import EpochProgress, format_duration, progress_line
+from distrib.report.progress import EpochProgress, LineTimer, elapsed_and_eta, format_duration, progress_line
 from tests.helpers import REPO, check_ok, clean_env, tiny, train_cli
 
 PROGRESS_LINE = re.compile(r"^epoch (\d+)/(\d+): step (\d+)/(\d+) \((\d+)%\) - (\d+) samples/s - loss (\d+\.\d{4}) - "
@@ -140,3 +140,21 @@ def test_a_terminal_or_another_rank_gets_no_lines(caplog):
 def test_durations_are_short():
     assert [format_duration(s) for s in (0, 42.4, 187, 3599.6, 7500)] == ["0s", "42s", "3m07s", "1h00m", "2h05m"]
     assert progress_line(1, 1, 0, 10, 0.0, 1.0, 0.0).endswith("ETA 0s")
+
+
+def test_a_line_is_due_every_interval_after_the_previous_one():
+    clock = FakeClock()
+    timer = LineTimer(30.0, clock)
+    due = []
+    for now in (10, 29.9, 30, 45, 59.9, 75, 200):
+        clock.now = now
+        due.append(timer.due())
+    assert due == [None, None, 30, None, None, 75, 200]  # after the line at 30 s, the first call from 60 s on
+    every_call = LineTimer(0.0, clock)
+    assert [every_call.due() for _ in range(3)] == [0.0, 0.0, 0.0]
+
+
+def test_elapsed_and_eta_at_the_pace_so_far():
+    assert elapsed_and_eta(65, 2560, 10000) == "1m05s, ETA 3m09s"
+    assert elapsed_and_eta(30, 0, 100) == "30s, ETA 0s"  # nothing done yet: no pace to go by
+    assert elapsed_and_eta(90, 100, 100) == "1m30s, ETA 0s"

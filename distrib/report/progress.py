@@ -37,13 +37,36 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def elapsed_and_eta(elapsed_s: float, done: int, total: int) -> str:
+    """`1m05s, ETA 3m09s`: the time so far, and the time the rest of `total` takes at the pace of `done`."""
+    eta_s = elapsed_s / done * (total - done) if done else 0.0
+    return f"{format_duration(elapsed_s)}, ETA {format_duration(eta_s)}"
+
+
+class LineTimer:
+    """When the next progress line of a long pass is due: `every_s` seconds after the previous one (the first
+    `every_s` after the start; 0: at every call), on `clock`. Training's epochs and the ranking pass of
+    distrib.evaluate print their lines by it."""
+
+    def __init__(self, every_s: float, clock=time.monotonic):
+        self.every_s, self._clock = every_s, clock
+        self._started = clock()
+        self._next_line_at = self._started + every_s
+
+    def due(self) -> float | None:
+        """The seconds since the start when a line is due now (the next one then waits every_s), else None."""
+        now = self._clock()
+        if now < self._next_line_at:
+            return None
+        self._next_line_at = now + self.every_s
+        return now - self._started
+
+
 def progress_line(epoch: int, epochs: int, step: int, steps: int, samples_per_s: float, loss: float,
                   elapsed_s: float) -> str:
     """One log line of an epoch in progress; `epoch` counts from 1."""
-    eta_s = elapsed_s / step * (steps - step) if step else 0.0
     return (f"epoch {epoch}/{epochs}: step {step}/{steps} ({100 * step // max(steps, 1)}%) - "
-            f"{samples_per_s:.0f} samples/s - loss {loss:.4f} - {format_duration(elapsed_s)}, "
-            f"ETA {format_duration(eta_s)}")
+            f"{samples_per_s:.0f} samples/s - loss {loss:.4f} - {elapsed_and_eta(elapsed_s, step, steps)}")
 
 
 class EpochProgress:
@@ -63,9 +86,7 @@ class EpochProgress:
                          disable=None if enabled else True)
         log_to_file = not _is_terminal(sys.stdout if log_stream is None else log_stream)
         self.log_every_s = log_every_s if enabled and log_to_file else 0.0
-        self._clock = clock
-        self._started = clock()
-        self._next_line_at = self._started + self.log_every_s
+        self._timer = LineTimer(self.log_every_s, clock)
 
     def update(self, loss_sum: torch.Tensor | None = None, step_ratings: int = 0) -> None:
         """One step done. loss_sum: this rank's summed squared error of the epoch so far (on its device,
@@ -75,11 +96,9 @@ class EpochProgress:
         self._bar.update()
         if not self.log_every_s:
             return
-        now = self._clock()
-        if now < self._next_line_at:
+        elapsed_s = self._timer.due()
+        if elapsed_s is None:
             return
-        self._next_line_at = now + self.log_every_s
-        elapsed_s = now - self._started
         loss = float(loss_sum.item()) / max(self.ratings, 1) if loss_sum is not None else float("nan")
         rate = self.step * self.samples_per_step / elapsed_s if elapsed_s > 0 else 0.0
         log.info(progress_line(self.epoch, self.epochs, self.step, self.steps, rate, loss, elapsed_s))
