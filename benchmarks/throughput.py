@@ -34,7 +34,7 @@ from benchmarks.harness import (
 from distrib.training.precision import cpu_description, native_bf16, resolve_precision
 
 VARIANTS = {
-    "auto": ["train.precision=auto"],  # bf16 where the CPU has it natively, else fp32
+    "auto": ["train.precision=auto"],  # bf16 where the CPU has it natively and it is faster, else fp32
     "fp32": ["train.precision=fp32"],
     "bf16": ["train.precision=bf16"],
     "fp32+compile": ["train.precision=fp32", "train.compile=true"],

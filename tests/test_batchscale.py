@@ -10,7 +10,7 @@ import torch
 from distrib.config import TrainConfig, load_config
 from distrib.training import precision
 from distrib.training.schedule import lr_factor, warmup_steps
-from tests.helpers import check_ok, metrics, tiny, train_cli, weights
+from tests.helpers import check_ok, metrics, spawn_ranks, tiny, train_cli, weights
 
 CPU = torch.device("cpu")
 
@@ -20,20 +20,34 @@ def fresh_warnings(monkeypatch):
     monkeypatch.setattr(precision, "_warned", set())
 
 
-@pytest.mark.parametrize("flags, expected", [({"avx2", "fma"}, "fp32"), ({"avx512f", "avx512_bf16"}, "bf16"),
-                                             ({"amx_bf16", "amx_tile"}, "bf16")])
-def test_auto_precision_is_bf16_only_where_the_cpu_has_it_natively(monkeypatch, flags, expected):
+@pytest.mark.parametrize("flags, bf16_time_share, expected", [
+    ({"avx2", "fma"}, 0.1, "fp32"),  # emulated bf16: never auto, however the timing came out
+    ({"avx512f", "avx512_bf16"}, 0.2, "bf16"),  # AVX512-BF16 that pays (an AMD EPYC's ~5x)
+    ({"avx512f", "avx512_bf16"}, 1.5, "fp32"),  # AVX512-BF16 slower than fp32 (an Intel VM without AMX)
+    ({"avx512f", "avx512_bf16"}, 0.9, "fp32"),  # near parity: fp32's exactness wins
+    ({"amx_bf16", "amx_tile"}, 0.3, "bf16"),
+])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it_natively_and_it_is_faster(monkeypatch, flags,
+                                                                                     bf16_time_share, expected):
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
-    assert precision.resolve_precision("auto", CPU) == expected
-    assert precision.resolve_precision("fp32", CPU) == "fp32"
+    monkeypatch.setattr(precision, "bf16_slowdown", lambda *args, **kwargs: bf16_time_share)
+    precision.bf16_pays.cache_clear()
+    try:
+        assert precision.resolve_precision("auto", CPU) == expected
+        assert precision.resolve_precision("fp32", CPU) == "fp32"
+        assert precision.resolve_precision("bf16", CPU) == "bf16"  # explicit wins
+    finally:
+        precision.bf16_pays.cache_clear()
 
 
 def test_auto_is_the_default_and_follows_this_machine():
     assert load_config(None, []).train.precision == "auto"
-    flags = precision.cpu_flags() or frozenset()
-    native = bool({"avx512_bf16", "amx_bf16"} & flags) if precision.cpu_flags() is not None else None
-    if native is not None:
-        assert precision.resolve_precision("auto", CPU) == ("bf16" if native else "fp32")
+    flags = precision.cpu_flags()
+    if flags is not None:
+        native = bool({"avx512_bf16", "amx_bf16"} & flags)
+        # the verdict is timed once per process and kept: asking again gives the same answer
+        assert precision.resolve_precision("auto", CPU) == ("bf16" if native and precision.bf16_pays(CPU) else "fp32")
+        assert precision.resolve_precision("auto", CPU) == precision.resolve_precision("auto", CPU)
 
 
 def test_explicit_bf16_without_native_support_runs_and_warns_once(monkeypatch, fresh_warnings):
@@ -99,3 +113,17 @@ def test_batch_scaling_study_compares_each_row_with_the_reference_of_its_own_see
     batch_scaling.print_table(rows)
     line = next(x for x in capsys.readouterr().out.splitlines() if "sqrt+ramp6" in x)
     assert "+0.0100" in line  # against seed 1's reference (0.91), not seed 0's (0.95)
+
+
+
+VERDICTS = [["bf16", "fp32", "bf16"], ["bf16", "bf16", "bf16"], ["fp32", "fp32", "fp32"]]
+
+
+def _agreed_precisions(rank: int, world_size: int) -> list[str]:
+    return [precision.agree_across_ranks(verdicts[rank], CPU) for verdicts in VERDICTS]
+
+
+@pytest.mark.slow
+def test_ranks_whose_timed_verdicts_differ_all_train_in_fp32():
+    """Three real gloo ranks: one fp32 verdict makes every rank fp32; bf16 only when all timed bf16 faster."""
+    assert spawn_ranks(_agreed_precisions, 3) == [["fp32", "bf16", "fp32"]] * 3

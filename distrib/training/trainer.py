@@ -39,7 +39,7 @@ from distrib.training.early_stopping import EarlyStopping
 from distrib.training.graphstep import StaticStep, check_graphable, graph_optimizer_options
 from distrib.training.health import DivergenceGuard
 from distrib.training.lamb import Lamb
-from distrib.training.precision import resolve_precision
+from distrib.training.precision import agree_across_ranks, resolve_precision
 from distrib.training.schedule import batch_at, build_scheduler, scaled_lr, schedule_curve
 
 log = logging.getLogger("distrib")
@@ -99,6 +99,8 @@ class Trainer:
         self._build_parallel()
         requested = "fp32" if cfg.train.precision == "auto" and not self.supports_bf16 else cfg.train.precision
         self.precision = resolve_precision(requested, device)  # auto -> fp32 or bf16 for this device
+        if requested == "auto":
+            self.precision = agree_across_ranks(self.precision, device)
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
                          if self.precision == "bf16" else nullcontext())
         self.static_step = None  # train.cuda_graph: the whole step captured once (distrib.training.graphstep)
