@@ -1,6 +1,7 @@
 """The touched-rows update of whole (replicated) tables in one process (distrib.parallel.sparse_tables): the
 tables against lazy Adam written out row by row and against torch's SparseAdam, the other parameters against
 torch's dense Adam, and when `dist.embedding_update` picks it."""
+import copy
 import platform
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from distrib.errors import UserError
+from distrib.parallel import sparse_tables
 from distrib.parallel.sparse_tables import (
     HUGE_PAGE_BYTES,
     advise_huge_pages,
@@ -200,6 +202,32 @@ def test_large_tables_and_their_moments_go_on_huge_pages():
         assert (huge_page_bytes_around(tensor) >= whole_huge_pages(tensor)[1]) is expected
         assert advise_huge_pages(tensor) is expected  # again: the kernel says they are huge pages already
     assert not advise_huge_pages(model.m.weight)  # 5 KiB: not one whole huge page
+
+
+def test_moments_a_checkpoint_loads_go_on_huge_pages_and_later_steps_advise_nothing(monkeypatch):
+    """Loading the optimizer's state replaces the moments: the loaded ones are advised as they arrive (on huge
+    pages where Linux offers them), and the steps after that make no madvise call."""
+    model = TwoTables()
+    model.u, model.m = torch.nn.Embedding(40_000, 64), torch.nn.Embedding(20, 64)  # 9.8 MiB, 5 KiB
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05, fused=True)
+    attach_sparse_tables(model, optimizer)
+    steps = batches(3)
+    for users, items, target in steps[:2]:
+        optimizer.zero_grad()
+        ((model(users, items) - target) ** 2).sum().backward()
+        optimizer.step()
+    optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # new tensors, as torch.load gives
+    state = optimizer.state[model.u.weight]
+    expected = transparent_huge_pages_collapse()
+    for tensor in (state["exp_avg"], state["exp_avg_sq"]):
+        assert (huge_page_bytes_around(tensor) >= whole_huge_pages(tensor)[1]) is expected
+    advised = []
+    monkeypatch.setattr(sparse_tables, "advise_huge_pages", advised.append)
+    users, items, target = steps[2]
+    optimizer.zero_grad()
+    ((model(users, items) - target) ** 2).sum().backward()
+    optimizer.step()
+    assert advised == [] and state["step"].item() == 3
 
 
 @pytest.mark.parametrize("update, world_size, n_rows, optimizer, compiled, expected", [

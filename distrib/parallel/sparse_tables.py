@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import sys
-import weakref
 
 import torch
 from torch import nn
@@ -85,8 +84,6 @@ def attach_sparse_tables(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
                 pending[id(table)] = grad
                 table.weight.grad = None
 
-    advised: dict[int, tuple[weakref.ref, int]] = {}  # id(tensor) -> the tensor and the address advised
-
     @torch.profiler.record_function("touched_rows: update")
     def update(opt, args, kwargs) -> None:
         seen: list[tuple[torch.Tensor, tuple]] = []  # this step's ids and their torch.unique
@@ -100,16 +97,26 @@ def attach_sparse_tables(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
                 rows, values = grad._indices()[0], grad._values()
                 distinct = distinct_rows(rows, seen)
             state = opt.state[table.weight]
+            first_step = not state  # _adam_rows makes the moments in a table's first step
             _adam_rows(state, table.weight, rows, values, group_of[id(table.weight)], distinct=distinct)
-            # the moments appear with the first step, or anew when a checkpoint is loaded
-            for tensor in (table.weight, state["exp_avg"], state["exp_avg_sq"]):
-                ref, address = advised.get(id(tensor), (None, None))
-                if ref is None or ref() is not tensor or address != tensor.data_ptr():
-                    advise_huge_pages(tensor)
-                    advised[id(tensor)] = weakref.ref(tensor), tensor.data_ptr()
+            if first_step:
+                advise_table_and_moments(table.weight, state)
+
+    def advise_loaded_moments(opt) -> None:  # a checkpoint's moments replace the ones the optimizer had
+        for table in tables:
+            if opt.state.get(table.weight):
+                advise_table_and_moments(table.weight, opt.state[table.weight])
 
     optimizer.register_step_pre_hook(take_gradients)
     optimizer.register_step_post_hook(update)
+    optimizer.register_load_state_dict_post_hook(advise_loaded_moments)
+
+
+def advise_table_and_moments(weight: torch.Tensor, state: dict) -> None:
+    """A table and its Adam moments on huge pages; called where the moments are made or loaded rather than at
+    every step (the table's own memory stays where it is: loading a checkpoint copies into it)."""
+    for tensor in (weight, state["exp_avg"], state["exp_avg_sq"]):
+        advise_huge_pages(tensor)
 
 
 def distinct_rows(ids: torch.Tensor, seen: list) -> tuple[torch.Tensor, torch.Tensor]:
