@@ -130,21 +130,6 @@ def test_pca_scores_match_projection():
     assert np.isclose(ratio.sum(), cov_eig[:2].sum() / cov_eig.sum())
 
 
-def test_pca_gives_scikit_learns_components():
-    """The SVD of the centred vectors is scikit-learn's PCA (the article's): the same scores up to each
-    component's sign, which embedding_pca fixes, and the same explained variance ratios."""
-    from sklearn.decomposition import PCA
-
-    vectors = np.random.default_rng(2).normal(size=(200, 12)) * np.linspace(3.0, 0.5, 12)
-    scores, ratio = embedding_pca(vectors, 3)
-    reference = PCA(n_components=3, svd_solver="full").fit(vectors)
-    expected = reference.transform(vectors)
-    signs = np.sign((scores * expected).sum(axis=0))  # one sign per component
-    assert np.allclose(scores, expected * signs, atol=1e-9)
-    assert np.allclose(ratio, reference.explained_variance_ratio_, atol=1e-12)
-    assert (scores[np.abs(scores).argmax(axis=0), np.arange(3)] > 0).all()
-
-
 def test_pca_rejects_mismatched_inputs(tmp_path):
     with pytest.raises(ValueError, match="differ"):
         plot_embedding_pca(np.zeros((3, 2)), ["a", "b"], np.ones(3), tmp_path / "x.png")

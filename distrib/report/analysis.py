@@ -1,6 +1,6 @@
 """The maths behind a run's pictures and summary: where the learning-rate curve (the trainer hands it over)
-restarts, ratings per movie, and the PCA of the movie embeddings (what scikit-learn's `PCA` computes, as in
-the article) with the titles at both ends of each component. `distrib.report.plots` only draws what these return.
+restarts, ratings per movie, and the PCA of the movie embeddings (scikit-learn's `PCA`, as the article)
+with the titles at both ends of each component. `distrib.report.plots` only draws what these return.
 """
 from __future__ import annotations
 
@@ -32,20 +32,19 @@ def movie_counts(n_items: int, *item_arrays) -> np.ndarray:
 
 
 def embedding_pca(vectors: np.ndarray, n_components: int = PCA_COMPONENTS) -> tuple[np.ndarray, np.ndarray]:
-    """Principal components of the vectors: (scores, explained variance ratio), as scikit-learn's
-    `PCA(svd_solver="full")` computes them: an SVD of the centred vectors. NumPy's SVD instead of scikit-learn
-    spares every finished run the 2-3 s of importing scikit-learn for a few hundred rows. Each component's sign
-    is fixed so its largest-magnitude score is positive, so reruns read the same way."""
+    """Principal components of the vectors: (scores, explained variance ratio). Each component's sign is
+    fixed so its largest-magnitude score is positive, so reruns read the same way."""
+    from sklearn.decomposition import PCA
+
     x = np.asarray(vectors, dtype=np.float64)
     k = min(n_components, *x.shape)
-    if k == 0 or not np.ptp(x, axis=0).any():  # no variance: the ratio would divide by zero
+    if k == 0 or not np.ptp(x, axis=0).any():  # no variance: sklearn's ratio would divide by zero
         return np.zeros((x.shape[0], k)), np.zeros(k)
-    u, singular, _ = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
-    scores = u[:, :k] * singular[:k]
-    variance = singular ** 2
+    pca = PCA(n_components=k, svd_solver="full")
+    scores = pca.fit_transform(x)
     flip = np.sign(scores[np.abs(scores).argmax(axis=0), np.arange(k)])
     scores *= np.where(flip == 0, 1.0, flip)
-    return scores, variance[:k] / variance.sum()
+    return scores, pca.explained_variance_ratio_
 
 
 def pca_ends(vectors: np.ndarray, titles: list[str], counts: np.ndarray, n_components: int = PCA_COMPONENTS,
