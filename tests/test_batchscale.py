@@ -71,17 +71,16 @@ def test_warmup_epochs_count_in_the_batch_sizes_own_steps_above_the_reference_ba
 
 
 @pytest.mark.slow
-def test_static_step_on_cpu_trains_exactly_like_the_plain_loop(tmp_path):
+def test_static_step_on_cpu_trains_exactly_like_the_plain_loop(tmp_path, tiny_run):
     """train.cuda_graph on CPU: one line says it is CUDA-only, and the same static-shape step runs eagerly,
-    bit for bit the plain loop's weights and losses (12000 ratings, batch 500: the last partial batch dropped)."""
-    plain = tiny(tmp_path, "plain", "train.epochs=2")
-    check_ok(train_cli(plain, timeout=120))
+    bit for bit the plain loop's weights and losses (12000 ratings, batch 500: the last partial batch dropped).
+    The plain loop's run is the session's tiny run (the same config, 2 epochs)."""
     proc = check_ok(train_cli(tiny(tmp_path, "graph", "train.epochs=2", "train.cuda_graph=true"), timeout=120))
     assert "train.cuda_graph: CUDA-only" in proc.stderr + proc.stdout
-    a, b = metrics(tmp_path / "plain"), metrics(tmp_path / "graph")
+    a, b = metrics(tiny_run), metrics(tmp_path / "graph")
     assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
     assert [r["val_rmse"] for r in a] == [r["val_rmse"] for r in b]
-    wa, wb = weights(tmp_path / "plain/checkpoints/last.pt"), weights(tmp_path / "graph/checkpoints/last.pt")
+    wa, wb = weights(tiny_run / "checkpoints/last.pt"), weights(tmp_path / "graph/checkpoints/last.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
