@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_module, skip_or_fail, tiny, train_cli
+from tests.helpers import SHARDED_COMPARISON, run_module, skip_or_fail, tiny, train_cli
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +33,18 @@ def tiny_sharded_run(tmp_path_factory) -> Path:
     changing it."""
     root = tmp_path_factory.mktemp("tiny_sharded_run")
     out = train_cli(tiny(root, "run", "dist.embedding_sharding=row_wise", "train.epochs=2"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def sharded_dense_run(tmp_path_factory) -> Path:
+    """The run directory of SHARDED_COMPARISON on 2 ranks, row_wise tables with replicated mode's (dense)
+    update, fp32: test_sharding compares it with the replicated weights, test_sharded_parity with its bf16 twin.
+    Copy it before changing it."""
+    root = tmp_path_factory.mktemp("sharded_dense_run")
+    out = train_cli(tiny(root, "run", *SHARDED_COMPARISON, "dist.embedding_sharding=row_wise",
+                         "dist.embedding_update=dense"), nproc=2)
     assert out.returncode == 0, out.stderr[-3000:]
     return root / "run"
 

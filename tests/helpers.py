@@ -23,6 +23,12 @@ TINY = [
 ]
 
 
+NO_DROPOUT = ["model.dropouts=[0]", "model.embedding_dropout=0"]
+# What the sharded runs compared with replicated ones train (test_sharding, test_sharded_parity): exact arithmetic
+# without dropout, the bias tables sharded too, 2 epochs (a rotated last.1 checkpoint)
+SHARDED_COMPARISON = [*NO_DROPOUT, "train.epochs=2", "model.bias=true"]
+
+
 def tiny(tmp_path: Path, run: str = "run", *extra: str) -> list[str]:
     return TINY + [f"data.root={tmp_path / 'data'}", f"run.dir={tmp_path / run}", *extra]
 

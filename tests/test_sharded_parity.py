@@ -12,8 +12,18 @@ import pytest
 import torch
 
 from distrib.errors import UserError
-from tests.helpers import REPO, check_ok, clean_env, spawn_ranks, summary, tiny, train_cli, weights
-from tests.test_sharding import NO_DROPOUT, rel_l2, sharded_weights
+from tests.helpers import (
+    REPO,
+    SHARDED_COMPARISON,
+    check_ok,
+    clean_env,
+    spawn_ranks,
+    summary,
+    tiny,
+    train_cli,
+    weights,
+)
+from tests.test_sharding import rel_l2, sharded_weights
 
 pytestmark = pytest.mark.slow
 # bf16 rounds the MLP's matmuls, and the rounding depends on each rank's batch shape: after 2 epochs 1 sharded
@@ -23,8 +33,8 @@ BF16_RMSE_TOLERANCE = 2e-3  # validation RMSE, relative
 
 
 @pytest.mark.timeout(900)
-def test_bf16_sharded_on_1_and_2_ranks_agrees_with_replicated_bf16(tmp_path):
-    args = [*NO_DROPOUT, "train.epochs=2", "model.bias=true", "train.precision=bf16"]
+def test_bf16_sharded_on_1_and_2_ranks_agrees_with_replicated_bf16(tmp_path, sharded_dense_run):
+    args = [*SHARDED_COMPARISON, "train.precision=bf16"]
     check_ok(train_cli(tiny(tmp_path, "replicated", *args)))
     reference = weights(tmp_path / "replicated/checkpoints/last.pt")
     for name, nproc in (("s1", 0), ("s2", 2)):
@@ -37,10 +47,8 @@ def test_bf16_sharded_on_1_and_2_ranks_agrees_with_replicated_bf16(tmp_path):
         assert diff <= BF16_WEIGHT_TOLERANCE
         assert summary(tmp_path / name)["best_val_rmse"] == pytest.approx(
             summary(tmp_path / "replicated")["best_val_rmse"], rel=BF16_RMSE_TOLERANCE)
-    fp32 = tmp_path / "fp32"  # bf16 really ran: the same run in fp32 lands elsewhere
-    check_ok(train_cli(tiny(tmp_path, "fp32", *args[:-1], "train.precision=fp32", "dist.embedding_sharding=row_wise",
-                            "dist.embedding_update=dense"), nproc=2))
-    assert rel_l2(sharded_weights(fp32), sharded_weights(tmp_path / "s2")) > 1e-4
+    # bf16 really ran: the same run in fp32 (the session's 2-rank dense run) lands elsewhere
+    assert rel_l2(sharded_weights(sharded_dense_run), sharded_weights(tmp_path / "s2")) > 1e-4
 
 
 def test_lamb_trains_sharded_as_it_trains_replicated(tmp_path):

@@ -15,11 +15,23 @@ import torch
 from distrib.checkpoint.sharded import read_meta
 from distrib.config import load_config
 from distrib.models import build_model
-from tests.helpers import REPO, check_ok, clean_env, digest, metrics, sharded_weights, summary, tiny, train_cli, weights
+from tests.helpers import (
+    NO_DROPOUT,
+    REPO,
+    SHARDED_COMPARISON,
+    check_ok,
+    clean_env,
+    digest,
+    metrics,
+    sharded_weights,
+    summary,
+    tiny,
+    train_cli,
+    weights,
+)
 from tests.wandb_records import read_wandb_run
 
 pytestmark = pytest.mark.slow
-NO_DROPOUT = ["model.dropouts=[0]", "model.embedding_dropout=0"]
 
 
 def rel_l2(a: dict, b: dict) -> float:
@@ -27,8 +39,8 @@ def rel_l2(a: dict, b: dict) -> float:
 
 
 @pytest.mark.timeout(900)  # six short trainings and two readers
-def test_sharded_weights_equal_replicated_on_1_2_3_ranks_and_readers_need_no_group(tmp_path):
-    args = NO_DROPOUT + ["train.epochs=2", "model.bias=true"]
+def test_sharded_weights_equal_replicated_on_1_2_3_ranks_and_readers_need_no_group(tmp_path, sharded_dense_run):
+    args = SHARDED_COMPARISON
     check_ok(train_cli(tiny(tmp_path, "replicated", *args)))
     reference = weights(tmp_path / "replicated/checkpoints/last.pt")
     # dense: replicated mode's update, so the replicated weights; touched_rows: lazy Adam, the same on any
@@ -36,7 +48,10 @@ def test_sharded_weights_equal_replicated_on_1_2_3_ranks_and_readers_need_no_gro
     runs = {"s2d": (2, "row_wise", "dense"), "s3": (3, "table_wise", "dense"),
             "t1": (0, "row_wise", "touched_rows"), "s2": (2, "row_wise", "touched_rows"),
             "t3": (3, "table_wise", "touched_rows")}
+    shutil.copytree(sharded_dense_run, tmp_path / "s2d")  # "s2d", trained once for the session
     for name, (nproc, mode, update) in runs.items():
+        if name == "s2d":
+            continue
         extra = ["tracking.mode=offline"] if name == "s2" else []
         check_ok(train_cli(tiny(tmp_path, name, *args, *extra, f"dist.embedding_sharding={mode}",
                                 f"dist.embedding_update={update}"), nproc=nproc))
