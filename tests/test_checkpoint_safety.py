@@ -50,14 +50,13 @@ def test_evaluate_and_recommend_refuse_a_checkpoint_that_carries_code(poisoned_r
     _one_refusal(run_module("distrib.recommend", run, "--user", "1"), marker)
 
 
-def test_resume_refuses_a_checkpoint_that_carries_code_and_keeps_the_run(tmp_path):
-    args = tiny(tmp_path, "run", "train.epochs=1")
-    assert train_cli(args).returncode == 0
+def test_resume_refuses_a_checkpoint_that_carries_code_and_keeps_the_run(tmp_path, tiny_run):
     run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)  # a finished 2-epoch run, resumed below for a third epoch
     marker = tmp_path / "payload-ran"
     _plant(run / "checkpoints" / "last.pt", marker)
     before = _files(run)
-    proc = train_cli([*args[:-1], "train.epochs=2"], env=clean_env())
+    proc = train_cli(tiny(tmp_path, "run", "train.epochs=3"), env=clean_env())
     _one_refusal(proc, marker)
     assert _files(run) == before
 
