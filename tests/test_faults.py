@@ -2,6 +2,7 @@
 an unusable run directory."""
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,12 +120,12 @@ def test_killed_and_restarted_repeatedly_ends_exactly_like_an_uninterrupted_run(
     assert summary(run)["test_rmse"] == summary(tmp_path / "whole")["test_rmse"]
 
 
-def test_writer_killed_between_temp_file_and_rename_leaves_last_pt_and_is_cleaned(tmp_path):
-    check_ok(train_cli(tiny(tmp_path, "run", "train.epochs=1")))
+def test_writer_killed_between_temp_file_and_rename_leaves_last_pt_and_is_cleaned(tmp_path, tiny_run):
+    shutil.copytree(tiny_run, tmp_path / "run")  # a finished 2-epoch run, resumed below for a third epoch
     stale = tmp_path / "run/checkpoints/.last.pt.tmp.99999"
     stale.write_bytes(b"half a checkpoint")
-    proc = check_ok(train_cli(tiny(tmp_path, "run", "train.epochs=2")))
-    assert "at epoch 1" in proc.stdout and not stale.exists()
+    proc = check_ok(train_cli(tiny(tmp_path, "run", "train.epochs=3")))
+    assert "at epoch 2" in proc.stdout and not stale.exists()
 
 
 @pytest.mark.parametrize("run_dir, fragment", [
