@@ -151,13 +151,20 @@ def test_nan_on_one_rank_stops_a_sharded_job_before_saving(tmp_path):
     assert read_meta(tmp_path / "run/checkpoints/last.dcp")["progress"]["epoch"] == 1
 
 
-def test_sharded_refit_trains_a_second_phase_and_evaluates_it(tmp_path):
-    args = tiny(tmp_path, "run", "dist.embedding_sharding=row_wise", "train.epochs=4", "train.patience=2",
+@pytest.fixture(scope="module")
+def sharded_refit_run(tmp_path_factory):
+    """A 2-rank row_wise job with a refit phase: its run directory and the finished launch (output read below)."""
+    root = tmp_path_factory.mktemp("sharded_refit")
+    args = tiny(root, "run", "dist.embedding_sharding=row_wise", "train.epochs=4", "train.patience=2",
                 "train.refit=true")
-    check_ok(train_cli(args, nproc=2))
-    refit = tmp_path / "run" / "refit"
+    return root / "run", check_ok(train_cli(args, nproc=2))
+
+
+def test_sharded_refit_trains_a_second_phase_and_evaluates_it(sharded_refit_run):
+    run, _ = sharded_refit_run
+    refit = run / "refit"
     assert (refit / "checkpoints" / "last.dcp").is_dir()
-    assert summary(refit)["epochs_run"] == summary(tmp_path / "run")["phase1"]["best_epoch"]
+    assert summary(refit)["epochs_run"] == summary(run)["phase1"]["best_epoch"]
     assert summary(refit)["test_rmse"] > 0
 
 
@@ -167,14 +174,14 @@ THIRD_PARTY_NOTICES = ("deprecating ShardedTensor", "`broadcast_buffers` is depr
                        "Collective validation initialized", "index dedup enabled")
 
 
-def test_a_sharded_run_prints_only_its_own_lines_and_counts_the_whole_model(tmp_path):
-    proc = check_ok(train_cli(tiny(tmp_path, "run", "dist.embedding_sharding=row_wise", "train.epochs=1"), nproc=2))
+def test_a_sharded_run_prints_only_its_own_lines_and_counts_the_whole_model(sharded_refit_run):
+    run, proc = sharded_refit_run  # both phases' output: the first phase's and the refit's
     output = proc.stdout + proc.stderr
     assert not [notice for notice in THIRD_PARTY_NOTICES if notice in output], output[-3000:]
     assert "Warning" not in proc.stderr and "[rank 1]" not in proc.stdout, output[-3000:]
     # The header counts the whole model (both tables whole, on 2 ranks), not this rank's shards or the MLP alone.
-    cfg = load_config(str(tmp_path / "run" / "config.yaml"))
-    sizes = read_meta(tmp_path / "run" / "checkpoints" / "last.dcp")["data"]
+    cfg = load_config(str(run / "config.yaml"))
+    sizes = read_meta(run / "checkpoints" / "last.dcp")["data"]
     model = build_model(cfg.model, sizes["n_users"], sizes["n_items"], sizes["rating_min"], sizes["rating_max"])
     whole = sum(p.numel() for p in model.parameters())
     assert f"model: embeddingnet, {whole:,} parameters |" in proc.stdout, proc.stdout
