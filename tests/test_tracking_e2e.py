@@ -9,23 +9,20 @@ pytestmark = pytest.mark.slow  # every test here launches processes or trains
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_two_rank_offline_run_logs_what_metrics_jsonl_has_and_resumes_the_same_run(tmp_path):
-    args = tiny(tmp_path, "run", "tracking.mode=offline", "train.epochs=2")
-    check_ok(train_cli(args, nproc=2))
-    run = tmp_path / "run"
-    record = read_wandb_run(run)
+def test_two_rank_offline_run_logs_what_metrics_jsonl_has_and_resumes_the_same_run(two_rank_resumed_run):
+    first, run, _ = two_rank_resumed_run  # the run after its first 2 epochs (a copy), then resumed to 4 epochs
+    record = read_wandb_run(first)
     assert len(record["run_ids"]) == 1
     assert record["config"]["train"]["batch_size"] == 500
     logged = [row["val/rmse"] for row in record["history"] if "val/rmse" in row]
-    assert logged == pytest.approx([row["val_rmse"] for row in metrics(run)], rel=1e-9)
-    assert record["summary"]["best_val_rmse"] == pytest.approx(summary(run)["best_val_rmse"])
+    assert logged == pytest.approx([row["val_rmse"] for row in metrics(first)], rel=1e-9)
+    assert record["summary"]["best_val_rmse"] == pytest.approx(summary(first)["best_val_rmse"])
     assert record["summary"]["val/rmse"]["min"] == pytest.approx(min(logged))
     for name in ("learning_curves", "lr_schedule", "embedding_pca"):
         assert any(f"plots/{name}" in row for row in record["history"]), name
-        assert (run / "plots" / f"{name}.png").read_bytes().startswith(PNG)
+        assert (first / "plots" / f"{name}.png").read_bytes().startswith(PNG)
     first_steps = [row["_step"] for row in record["history"]]
 
-    check_ok(train_cli(tiny(tmp_path, "run", "tracking.mode=offline", "train.epochs=4"), nproc=2))
     again = read_wandb_run(run)
     assert set(again["run_ids"]) == set(record["run_ids"]), "a resumed job continues the same W&B run"
     later = [row["_step"] for row in again["history"] if row["_step"] > max(first_steps)]

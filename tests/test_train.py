@@ -94,15 +94,14 @@ def test_bf16_gradient_compression_trains_2_ranks_close_to_1(tmp_path, one_rank_
     assert 0 < diff <= 0.1  # bf16-rounded gradients: close (0.03 measured), not the fp32 equivalence
 
 
-def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, two_rank_resumed_run):
     check_ok(train_cli(tiny(tmp_path, "whole", "train.epochs=4"), nproc=2))
-    check_ok(train_cli(tiny(tmp_path, "split", "train.epochs=2"), nproc=2))
-    proc = check_ok(train_cli(tiny(tmp_path, "split", "train.epochs=4"), nproc=2))
+    _, split, proc = two_rank_resumed_run  # 2 epochs, then resumed to 4 (with W&B offline, which trains nothing)
     assert "resumed from" in proc.stdout and "at epoch 2" in proc.stdout
-    assert [r["epoch"] for r in metrics(tmp_path / "split")] == [1, 2, 3, 4]
-    a, b = weights(tmp_path / "whole/checkpoints/last.pt"), weights(tmp_path / "split/checkpoints/last.pt")
+    assert [r["epoch"] for r in metrics(split)] == [1, 2, 3, 4]
+    a, b = weights(tmp_path / "whole/checkpoints/last.pt"), weights(split / "checkpoints/last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)  # dropout on: masks are keyed by (seed, step, position)
-    assert metrics(tmp_path / "whole")[-1]["val_rmse"] == metrics(tmp_path / "split")[-1]["val_rmse"]
+    assert metrics(tmp_path / "whole")[-1]["val_rmse"] == metrics(split)[-1]["val_rmse"]
 
 
 def _sharded_val(rank, world_size, data_args):
