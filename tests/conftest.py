@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -50,18 +51,25 @@ def sharded_dense_run(tmp_path_factory) -> Path:
     return root / "run"
 
 
+class ResumedRun(NamedTuple):
+    after_2_epochs: Path  # a copy of the run directory after the first launch
+    run: Path  # the run directory after the resume
+    first: subprocess.CompletedProcess  # the first launch (torchrun, 2 ranks, OMP_NUM_THREADS=1)
+    resumed: subprocess.CompletedProcess
+
+
 @pytest.fixture(scope="session")
-def two_rank_resumed_run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
-    """The tiny config on 2 ranks with W&B offline, trained for 2 epochs and then resumed to 4: a copy of its run
-    directory after the first 2 epochs, the run directory after the resume, and the resumed launch. test_tracking_e2e
-    reads the W&B run continuing; test_train compares the weights with an uninterrupted run's. Read only."""
+def two_rank_resumed_run(tmp_path_factory) -> ResumedRun:
+    """The tiny config on 2 ranks with W&B offline, trained for 2 epochs and then resumed to 4. test_tracking_e2e
+    reads the W&B run continuing, test_train compares the weights with an uninterrupted run's, test_threads reads
+    the first launch's header. Read only."""
     root = tmp_path_factory.mktemp("two_rank_resumed_run")
     first = train_cli(tiny(root, "run", "tracking.mode=offline", "train.epochs=2"), nproc=2)
     assert first.returncode == 0, first.stderr[-3000:]
     shutil.copytree(root / "run", root / "after_2_epochs")
     resumed = train_cli(tiny(root, "run", "tracking.mode=offline", "train.epochs=4"), nproc=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    return root / "after_2_epochs", root / "run", resumed
+    return ResumedRun(root / "after_2_epochs", root / "run", first, resumed)
 
 
 @pytest.fixture(scope="session")

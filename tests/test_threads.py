@@ -54,13 +54,9 @@ def test_distrib_run_gives_two_torchrun_workers_half_the_cpus_each(tmp_path):
 
 
 @pytest.mark.slow
-def test_threads_the_user_set_are_kept_and_named(tmp_path):
-    env = _env_without_threads() | {"OMP_NUM_THREADS": "1"}
-    proc = check_ok(subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "distrib.train",
-         *tiny(tmp_path, "run", "train.epochs=1")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240))
-    assert _threads_in_header(proc.stdout) == "1 CPU thread (OMP_NUM_THREADS)"
+def test_threads_the_user_set_are_kept_and_named(two_rank_resumed_run):
+    """The session's 2-rank torchrun job, launched with OMP_NUM_THREADS=1 (tests.helpers.clean_env)."""
+    assert _threads_in_header(two_rank_resumed_run.first.stdout) == "1 CPU thread (OMP_NUM_THREADS)"
 
 
 @pytest.mark.slow

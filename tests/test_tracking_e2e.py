@@ -10,7 +10,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_two_rank_offline_run_logs_what_metrics_jsonl_has_and_resumes_the_same_run(two_rank_resumed_run):
-    first, run, _ = two_rank_resumed_run  # the run after its first 2 epochs (a copy), then resumed to 4 epochs
+    first, run = two_rank_resumed_run.after_2_epochs, two_rank_resumed_run.run  # 2 epochs (a copy), then resumed to 4
     record = read_wandb_run(first)
     assert len(record["run_ids"]) == 1
     assert record["config"]["train"]["batch_size"] == 500

@@ -96,7 +96,7 @@ def test_bf16_gradient_compression_trains_2_ranks_close_to_1(tmp_path, one_rank_
 
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, two_rank_resumed_run):
     check_ok(train_cli(tiny(tmp_path, "whole", "train.epochs=4"), nproc=2))
-    _, split, proc = two_rank_resumed_run  # 2 epochs, then resumed to 4 (with W&B offline, which trains nothing)
+    split, proc = two_rank_resumed_run.run, two_rank_resumed_run.resumed  # 2 epochs, then resumed to 4 (W&B offline)
     assert "resumed from" in proc.stdout and "at epoch 2" in proc.stdout
     assert [r["epoch"] for r in metrics(split)] == [1, 2, 3, 4]
     a, b = weights(tmp_path / "whole/checkpoints/last.pt"), weights(split / "checkpoints/last.pt")
