@@ -178,7 +178,7 @@ class TrainConfig(Section):
     warmup_steps: int = option(0, "linear warmup steps (cosine_restarts only)", ge=0)
     warmup_epochs: float | Literal["auto"] = option(
         "auto", "cosine_restarts: linear warmup over this many epochs, only when batch_size > ref_batch_size; "
-                "auto: 0 with a batch ramp, else 2", ge=0.0)
+                "auto: 0 with a batch ramp, else 2 (at most 50 steps)", ge=0.0)
     schedule: Literal["cosine_restarts", "one_cycle"] = option(
         "cosine_restarts", "the article's cosine restarts, or fastai's one-cycle over "
                            "train.epochs")

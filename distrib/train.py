@@ -146,13 +146,14 @@ def finished_summary(trainer, run_dir) -> dict | None:
     return from_main(summary)
 
 
-def with_auto_resolved(cfg: Config, run_dir, env: DistEnv) -> Config:
-    """cfg with train's `auto` keys (batch ramp, warmup) as the numbers this run trains with, so config.yaml and
-    the checkpoints state them; a resumed run keeps the numbers it started with (rank 0 reads them)."""
+def with_auto_resolved(cfg: Config, run_dir, env: DistEnv, n_train: int) -> Config:
+    """cfg with train's `auto` keys (batch ramp, warmup) as the numbers this run trains with on `n_train` training
+    ratings, so config.yaml and the checkpoints state them; a resumed run keeps the numbers it started with (rank
+    0 reads them)."""
     from distrib.training.schedule import resolve_auto
 
     saved = from_main(saved_train_section(run_dir) if env.is_main else None)
-    return dataclasses.replace(cfg, train=resolve_auto(cfg.train, saved))
+    return dataclasses.replace(cfg, train=resolve_auto(cfg.train, saved, n_train))
 
 
 def saved_train_section(run_dir) -> dict | None:
@@ -219,7 +220,7 @@ def train_job(cfg: Config, env: DistEnv, device) -> None:
     phase also locks run.dir/refit, so a job started on that directory alone is refused too)."""
     run_dir, data = open_run_dir(cfg, env)
     try:
-        requested, cfg = cfg, with_auto_resolved(cfg, run_dir, env)
+        requested, cfg = cfg, with_auto_resolved(cfg, run_dir, env, len(data.train.ratings))
         summary, was_done = run(cfg, env, device, run_dir, data, requested)
         if cfg.train.refit:
             first = summary.get("phase1", summary)  # a finished job's summary.json is already the combined one

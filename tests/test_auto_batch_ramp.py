@@ -1,6 +1,6 @@
 """`auto`, the default of train.batch_ramp_epochs and train.warmup_epochs: above 4x train.ref_batch_size a batch
-ramp of 2.5 epochs per doubling of the batch, without warmup, else 2 warmup epochs; explicit values honoured; resolved once into the numbers a run
-saves, so a run at the reference batch trains exactly as before and a resumed run keeps what it started with."""
+ramp of 2.5 epochs per doubling of the batch, without warmup, else 2 warmup epochs of at most 50 steps; explicit
+values honoured; resolved once into the numbers a run saves, so a run at the reference batch trains exactly as before and a resumed run keeps what it started with."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,7 @@ import yaml
 
 from distrib.config import TrainConfig, check_resume, load_config, to_dict
 from distrib.errors import UserError
-from distrib.training.schedule import batch_at, describe_ramp, lr_at, resolve_auto
+from distrib.training.schedule import batch_at, describe_ramp, lr_at, resolve_auto, warmup_steps
 from tests.helpers import assert_equal_weights, check_ok, metrics, tiny, train_cli, weights
 
 OLD_DEFAULTS = ["train.batch_ramp_epochs=0", "train.warmup_epochs=2"]  # what every run had before `auto`
@@ -51,6 +51,25 @@ def test_an_unresolved_config_trains_on_the_same_schedule_as_its_resolved_number
     # the batch doubles every 2.5 epochs
     assert [batch_at(TrainConfig(batch_size=32000), e) for e in range(11)] == \
            [2000, 2639, 3482, 4595, 6063, 8000, 10556, 13929, 18379, 24251, 32000]
+
+
+@pytest.mark.parametrize("batch, n_train, steps", [
+    (8000, 72_000, 18),  # ml-100k at 4x: 9 steps an epoch, the 2 epochs the warmup was measured with
+    (4000, 80_000, 40),  # 20 steps an epoch: 2 epochs are under the cap
+    (4000, 100_000, 50),  # 25 steps an epoch: exactly the cap
+    (4000, 2_000_000, 50),  # a tenth of ml-25m at 2 GPUs' batch, where the cap was chosen
+    (4000, 18_000_000, 50),  # ml-25m's training part at 2 GPUs' batch: 4,500 steps an epoch, capped
+])
+def test_auto_warmup_is_two_epochs_but_at_most_50_steps(batch, n_train, steps):
+    cfg = TrainConfig(batch_size=batch)
+    resolved = resolve_auto(cfg, None, n_train)
+    per_epoch = n_train // batch
+    # the resolved epochs (config.yaml's) and a Trainer built on `auto` directly give the same steps
+    assert warmup_steps(resolved, per_epoch) == warmup_steps(cfg, per_epoch) == steps
+    assert resolved.warmup_epochs == pytest.approx(steps / per_epoch)
+    # an explicit value is not capped, and a resumed run keeps the epochs it started with
+    assert warmup_steps(TrainConfig(batch_size=batch, warmup_epochs=2.0), per_epoch) == 2 * per_epoch
+    assert resolve_auto(cfg, {"batch_ramp_epochs": 0, "warmup_epochs": 2.0}, n_train).warmup_epochs == 2.0
 
 
 @pytest.mark.parametrize("batch", [8001, 10000, 16000, 32000, 100000, 128000, 512000])

@@ -15,7 +15,7 @@ to that epoch's batch by the rule; the schedule's shape runs on a clock of fract
 batch's steps, so warmup, restarts and one_cycle span the same epochs as without the ramp.
 
 `auto`, the default of train.batch_ramp_epochs and train.warmup_epochs, follows docs/batch_scaling.md: up to 4x the
-reference batch a fixed batch with 2 warmup epochs kept the reference's accuracy; at 16x no fixed-batch rule did,
+reference batch a fixed batch with 2 warmup epochs, at most 50 steps, kept the reference's accuracy; at 16x no fixed-batch rule did,
 and a ramp without warmup did once it doubled the batch no faster than every 2.5 epochs (10 epochs at 16x; with 6
 or 8, ml-latest-small's validation RMSE missed the reference's by more than 0.005 on a seed: its best epoch comes
 early at any batch, so the ramp's early, smaller batches are the ones that reach the reference's accuracy).
@@ -43,7 +43,8 @@ ONE_CYCLE_BETA1 = (0.95, 0.85)  # at the ends of the cycle, and at the peak lr
 AUTO = "auto"
 AUTO_RAMP_ABOVE = 4  # `auto` ramps when the global batch exceeds this many times train.ref_batch_size
 AUTO_RAMP_EPOCHS_PER_DOUBLING = 2.5  # `auto` ramps the batch by at most 2x every this many epochs
-AUTO_WARMUP_EPOCHS = 2.0  # `auto` warmup without a ramp (with one: none)
+AUTO_WARMUP_EPOCHS = 2.0  # `auto` warmup without a ramp (with one: none) ...
+AUTO_WARMUP_MAX_STEPS = 50  # ... and at most this many steps: on large data 2 epochs are thousands of slow steps
 
 
 def ramp_epochs(cfg: TrainConfig) -> int:
@@ -67,20 +68,31 @@ def ramp_allowed(cfg: TrainConfig) -> bool:
     return cfg.schedule == "cosine_restarts" and not cfg.cuda_graph
 
 
-def warmup_epochs(cfg: TrainConfig) -> float:
+def warmup_epochs(cfg: TrainConfig, steps_per_epoch: int | None = None) -> float:
     """train.warmup_epochs, `auto` read as: none under a batch ramp (its first epochs run near the reference
-    batch, where the lr is not scaled up), else 2."""
+    batch, where the lr is not scaled up), else 2 epochs of `steps_per_epoch` (when given) but at most 50 steps.
+    Two epochs are 18 steps at 4x the batch on ml-100k, where the warmup was measured; on ml-25m they are over
+    9,000, and the run was still far behind the unwarmed one after them, while 50 steps kept its accuracy
+    (docs/batch_scaling.md)."""
     if cfg.warmup_epochs != AUTO:
         return cfg.warmup_epochs
-    return 0.0 if ramp_epochs(cfg) and cfg.batch_size > cfg.ref_batch_size else AUTO_WARMUP_EPOCHS
+    if ramp_epochs(cfg) and cfg.batch_size > cfg.ref_batch_size:
+        return 0.0
+    if steps_per_epoch and AUTO_WARMUP_EPOCHS * steps_per_epoch > AUTO_WARMUP_MAX_STEPS:
+        return AUTO_WARMUP_MAX_STEPS / steps_per_epoch
+    return AUTO_WARMUP_EPOCHS
 
 
-def resolve_auto(cfg: TrainConfig, saved: dict | None = None) -> TrainConfig:
+def resolve_auto(cfg: TrainConfig, saved: dict | None = None, n_train: int | None = None) -> TrainConfig:
     """cfg with its `auto` keys as numbers. `saved`: the train section of the run being resumed, which states what
     it ran with; its numbers are kept (a key it lacks was written by a version without that key: 0, which is
-    what that version ran). Without `saved`, the rule above for this global batch. Explicit values stay."""
+    what that version ran). Without `saved`, the rule above for this global batch and `n_train` training ratings
+    (the warmup's cap in steps). Explicit values stay."""
+    steps_per_epoch = n_train // cfg.batch_size if n_train else None
+    rules = (("batch_ramp_epochs", ramp_epochs, int),
+             ("warmup_epochs", lambda c: warmup_epochs(c, steps_per_epoch), float))
     resolved = cfg
-    for key, rule, number in (("batch_ramp_epochs", ramp_epochs, int), ("warmup_epochs", warmup_epochs, float)):
+    for key, rule, number in rules:
         if getattr(cfg, key) != AUTO:
             continue
         value = AUTO if saved is None else saved.get(key, 0)
@@ -146,7 +158,7 @@ def warmup_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     """Steps of linear warmup: train.warmup_steps, plus train.warmup_epochs of this batch's steps when the global
     batch exceeds train.ref_batch_size. Warmup protects an lr scaled up for a larger batch (Goyal et al.); at or
     below the reference batch the lr is not scaled up and the article's schedule runs unchanged."""
-    epochs = warmup_epochs(cfg) if cfg.batch_size > cfg.ref_batch_size else 0.0
+    epochs = warmup_epochs(cfg, steps_per_epoch) if cfg.batch_size > cfg.ref_batch_size else 0.0
     return cfg.warmup_steps + round(epochs * steps_per_epoch)
 
 
