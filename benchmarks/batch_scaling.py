@@ -53,7 +53,8 @@ DATASETS = {
 }
 RULES = {  # name -> overrides; warmup length in epochs of the row's own batch
     # what a user gets without setting anything: lr_scaling=sqrt, and batch_ramp_epochs / warmup_epochs at `auto`
-    # (above 4x the reference batch a ramp of 2.5 epochs per doubling, 10 at 16x, without warmup; else 2 warmup epochs)
+    # (from 4x the reference batch a ramp of 2.5 epochs per doubling, 5 at 4x, 10 at 16x, without warmup; else 2 warmup
+    # epochs, at most 50 steps)
     "defaults": [],
     "sqrt": ["train.lr_scaling=sqrt", "train.warmup_epochs=0"],
     "linear": ["train.lr_scaling=linear", "train.warmup_epochs=0"],
@@ -86,7 +87,7 @@ RULES = {  # name -> overrides; warmup length in epochs of the row's own batch
 
 
 def rule_overrides(rule: str) -> list[str]:
-    """A rule's overrides; the rules without a ramp pin it off (the default, `auto`, ramps above 4x)."""
+    """A rule's overrides; the rules without a ramp pin it off (the default, `auto`, ramps from 4x)."""
     overrides = RULES[rule]
     if rule == "defaults" or any(o.startswith("train.batch_ramp_epochs=") for o in overrides):
         return overrides

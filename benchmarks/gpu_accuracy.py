@@ -56,7 +56,7 @@ def rows_to_run(fastest: dict, batches, n_train: int) -> list[tuple[str, int]]:
 
 def train_to_early_stop(overrides: list[str], data, device: str) -> dict:
     cfg = article_config(*overrides)
-    # train's `auto` keys as distrib.train resolves them: a batch ramp above 4x the reference (not when captured)
+    # train's `auto` keys as distrib.train resolves them: a batch ramp from 4x the reference (not when captured)
     cfg = dataclasses.replace(cfg, train=resolve_auto(cfg.train))
     started = time.perf_counter()
     with open_trainer(cfg, data, device) as trainer:

@@ -63,7 +63,7 @@ BYTES_PER_PARAMETER_UPDATE = 32  # dense Adam step: reads p, g, m, v, writes p, 
 
 
 def row_config(batch: int, device: str, overrides: list[str], *extra: str):
-    # batch_ramp_epochs=0: every timed epoch at `batch` (the default ramps up to batches above 4x the reference)
+    # batch_ramp_epochs=0: every timed epoch at `batch` (the default ramps up to batches of 4x the reference or more)
     return article_config(f"train.batch_size={batch}", "train.patience=0", "train.log_every_steps=1000000",
                           "train.batch_ramp_epochs=0", f"train.device={device}", *overrides, *extra)
 

@@ -1,6 +1,7 @@
-"""`auto`, the default of train.batch_ramp_epochs and train.warmup_epochs: above 4x train.ref_batch_size a batch
+"""`auto`, the default of train.batch_ramp_epochs and train.warmup_epochs: from 4x train.ref_batch_size a batch
 ramp of 2.5 epochs per doubling of the batch, without warmup, else 2 warmup epochs of at most 50 steps; explicit
-values honoured; resolved once into the numbers a run saves, so a run at the reference batch trains exactly as before and a resumed run keeps what it started with."""
+values honoured; resolved once into the numbers a run saves, so a run at the reference batch trains exactly as
+before and a resumed run keeps what it started with."""
 from __future__ import annotations
 
 import dataclasses
@@ -22,12 +23,13 @@ def numbers(cfg: TrainConfig) -> tuple:
 
 @pytest.mark.parametrize("overrides, expected", [
     ([], (0, 2.0)),  # the reference batch: nothing changes
-    (["train.batch_size=8000"], (0, 2.0)),  # 4x: a fixed batch with warmup kept accuracy
-    (["train.batch_size=8001"], (6, 0.0)),  # above 4x: the ramp, without warmup, 2.5 epochs per doubling rounded up
+    (["train.batch_size=7999"], (0, 2.0)),  # below 4x: a fixed batch with warmup
+    (["train.batch_size=8000"], (5, 0.0)),  # from 4x: the ramp, without warmup, 2.5 epochs per doubling rounded up
+    (["train.batch_size=8001"], (6, 0.0)),
     (["train.batch_size=16000"], (8, 0.0)),
     (["train.batch_size=32000"], (10, 0.0)),
     (["train.batch_size=128000"], (15, 0.0)),
-    (["train.batch_size=32000", "train.ref_batch_size=8000"], (0, 2.0)),  # the ratio counts, not the batch
+    (["train.batch_size=24000", "train.ref_batch_size=8000"], (0, 2.0)),  # the ratio counts, not the batch
     (["train.batch_size=32000", "train.batch_ramp_epochs=4"], (4, 0.0)),  # explicit values are honoured
     (["train.batch_size=32000", "train.warmup_epochs=1"], (10, 1.0)),
     (["train.batch_size=32000", "train.batch_ramp_epochs=0"], (0, 2.0)),
@@ -54,7 +56,7 @@ def test_an_unresolved_config_trains_on_the_same_schedule_as_its_resolved_number
 
 
 @pytest.mark.parametrize("batch, n_train, steps", [
-    (8000, 72_000, 18),  # ml-100k at 4x: 9 steps an epoch, the 2 epochs the warmup was measured with
+    (6000, 72_000, 24),  # ml-100k at 3x: 12 steps an epoch, 2 epochs
     (4000, 80_000, 40),  # 20 steps an epoch: 2 epochs are under the cap
     (4000, 100_000, 50),  # 25 steps an epoch: exactly the cap
     (4000, 2_000_000, 50),  # a tenth of ml-25m at 2 GPUs' batch, where the cap was chosen
@@ -72,7 +74,7 @@ def test_auto_warmup_is_two_epochs_but_at_most_50_steps(batch, n_train, steps):
     assert resolve_auto(cfg, {"batch_ramp_epochs": 0, "warmup_epochs": 2.0}, n_train).warmup_epochs == 2.0
 
 
-@pytest.mark.parametrize("batch", [8001, 10000, 16000, 32000, 100000, 128000, 512000])
+@pytest.mark.parametrize("batch", [8000, 8001, 10000, 16000, 32000, 100000, 128000, 512000])
 def test_the_auto_ramp_doubles_the_batch_no_faster_than_every_two_and_a_half_epochs(batch):
     cfg = resolve_auto(TrainConfig(batch_size=batch))
     batches = [batch_at(cfg, e) for e in range(cfg.batch_ramp_epochs + 1)]
@@ -130,7 +132,7 @@ def test_the_header_says_when_a_ramp_runs_and_why():
     big = TrainConfig(batch_size=32000)
     line = describe_ramp(big, resolve_auto(big))
     assert line.startswith("batch ramp: 2,000 to 32,000 over the first 10 epochs, lr 0.001 to 0.004, no warmup")
-    assert "train.batch_ramp_epochs=auto: the global batch is 16x train.ref_batch_size, above 4x" in line
+    assert "train.batch_ramp_epochs=auto: the global batch is 16x train.ref_batch_size, at least 4x" in line
     assert "2.5 epochs per doubling of the batch" in line
     assert "train.batch_ramp_epochs=0 turns it off" in line
     explicit = TrainConfig(batch_size=32000, batch_ramp_epochs=4)
@@ -140,7 +142,7 @@ def test_the_header_says_when_a_ramp_runs_and_why():
         "without one"
     graphed = TrainConfig(batch_size=32000, cuda_graph=True)
     assert describe_ramp(graphed, resolve_auto(graphed)).endswith("train.cuda_graph captures one batch size")
-    for quiet in (TrainConfig(), TrainConfig(batch_size=8000)):
+    for quiet in (TrainConfig(), TrainConfig(batch_size=7999)):
         assert describe_ramp(quiet, resolve_auto(quiet)) == ""
 
 
@@ -185,6 +187,6 @@ def test_a_run_started_before_auto_resumes_as_it_ran(tmp_path):
 
     fresh = check_ok(train_cli(tiny(tmp_path, "new", *common, "train.epochs=2"), timeout=180))
     assert "batch ramp: 100 to 500 over the first 6 epochs, lr 0.001 to 0.00224, no warmup " \
-           "(train.batch_ramp_epochs=auto: the global batch is 5x train.ref_batch_size, above 4x" in unwrapped(fresh.stdout)
+           "(train.batch_ramp_epochs=auto: the global batch is 5x train.ref_batch_size, at least 4x" in unwrapped(fresh.stdout)
     assert numbers(TrainConfig(**_saved_train(tmp_path / "new"))) == (6, 0.0)  # 2.5 x log2(5), rounded up
     assert [r["step"] for r in metrics(tmp_path / "new")] == [86, 86 + 65]  # batches 100, then 131

@@ -66,7 +66,8 @@ def test_warmup_epochs_count_in_the_batch_sizes_own_steps_above_the_reference_ba
     assert warmup_steps(TrainConfig(batch_size=8000, warmup_steps=3, warmup_epochs=0.5), 4) == 5
     assert TrainConfig().warmup_epochs == "auto"  # 2 epochs without a batch ramp (docs/batch_scaling.md)
     assert warmup_steps(TrainConfig(), 36) == 0  # batch 2000 = the reference: the article's schedule unchanged
-    assert warmup_steps(TrainConfig(batch_size=8000), 9) == 18
+    assert warmup_steps(TrainConfig(batch_size=6000), 12) == 24  # below 4x: 2 epochs
+    assert warmup_steps(TrainConfig(batch_size=8000), 9) == 0  # from 4x the batch ramps, without warmup
     assert warmup_steps(TrainConfig(batch_size=32000, batch_ramp_epochs=0), 2) == 4
 
 

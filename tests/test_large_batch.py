@@ -62,11 +62,11 @@ def test_batch_ramp_grows_the_batch_geometrically_and_scales_the_lr_by_the_rule(
 
 
 def test_without_a_ramp_the_schedule_is_unchanged():
-    cfg = TrainConfig(batch_size=8000, warmup_epochs=1.0)
+    cfg = TrainConfig(batch_size=6000, warmup_epochs=1.0)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = build_scheduler(opt, cfg, 9, 72000)
+    sched = build_scheduler(opt, cfg, 12, 72000)
     for step in range(40):
-        assert opt.param_groups[0]["lr"] == scaled_lr(cfg) * lr_factor(step, cfg, 9)
+        assert opt.param_groups[0]["lr"] == scaled_lr(cfg) * lr_factor(step, cfg, 12)
         sched.step()
 
 

@@ -14,11 +14,13 @@ Batch ramp-up (train.batch_ramp_epochs): the global batch of epoch e < ramp is r
 to that epoch's batch by the rule; the schedule's shape runs on a clock of fractional epochs measured in the final
 batch's steps, so warmup, restarts and one_cycle span the same epochs as without the ramp.
 
-`auto`, the default of train.batch_ramp_epochs and train.warmup_epochs, follows docs/batch_scaling.md: up to 4x the
-reference batch a fixed batch with 2 warmup epochs, at most 50 steps, kept the reference's accuracy; at 16x no fixed-batch rule did,
-and a ramp without warmup did once it doubled the batch no faster than every 2.5 epochs (10 epochs at 16x; with 6
-or 8, ml-latest-small's validation RMSE missed the reference's by more than 0.005 on a seed: its best epoch comes
-early at any batch, so the ramp's early, smaller batches are the ones that reach the reference's accuracy).
+`auto`, the default of train.batch_ramp_epochs and train.warmup_epochs, follows docs/batch_scaling.md: below 4x the
+reference batch a fixed batch with 2 warmup epochs, at most 50 steps; from 4x a ramp without warmup. At 4x with 9
+steps an epoch the fixed batch fell behind on a seed of ml-latest-small, at 16x no fixed-batch rule kept the
+reference's accuracy, and a ramp without warmup did once it doubled the batch no faster than every 2.5 epochs (10
+epochs at 16x; with 6 or 8, ml-latest-small's validation RMSE missed the reference's by more than 0.005 on a seed:
+its best epoch comes early at any batch, so the ramp's early, smaller batches are the ones that reach the
+reference's accuracy).
 `resolve_auto` turns `auto` into those numbers once, before training, so a run's config.yaml and checkpoints state
 what it ran with; the functions below read `auto` the same way for callers that build a Trainer directly.
 
@@ -41,16 +43,16 @@ ONE_CYCLE_FINAL_DIV = 1e4  # the last lr is the first over this
 ONE_CYCLE_BETA1 = (0.95, 0.85)  # at the ends of the cycle, and at the peak lr
 
 AUTO = "auto"
-AUTO_RAMP_ABOVE = 4  # `auto` ramps when the global batch exceeds this many times train.ref_batch_size
+AUTO_RAMP_FROM = 4  # `auto` ramps when the global batch is at least this many times train.ref_batch_size
 AUTO_RAMP_EPOCHS_PER_DOUBLING = 2.5  # `auto` ramps the batch by at most 2x every this many epochs
 AUTO_WARMUP_EPOCHS = 2.0  # `auto` warmup without a ramp (with one: none) ...
 AUTO_WARMUP_MAX_STEPS = 50  # ... and at most this many steps: on large data 2 epochs are thousands of slow steps
 
 
 def ramp_epochs(cfg: TrainConfig) -> int:
-    """train.batch_ramp_epochs, `auto` read as: when the global batch is more than 4x the reference, under the
+    """train.batch_ramp_epochs, `auto` read as: when the global batch is at least 4x the reference, under the
     article's restarts (where the ramp was measured) and not captured as a CUDA graph (one batch size), 2.5 epochs
-    per doubling of the batch, rounded up (8x: 8 epochs, 16x: 10, 64x: 15); else none."""
+    per doubling of the batch, rounded up (4x: 5 epochs, 8x: 8, 16x: 10, 64x: 15); else none."""
     if cfg.batch_ramp_epochs != AUTO:
         return cfg.batch_ramp_epochs
     return auto_ramp_length(cfg) if should_auto_ramp(cfg) and ramp_allowed(cfg) else 0
@@ -61,7 +63,7 @@ def auto_ramp_length(cfg: TrainConfig) -> int:
 
 
 def should_auto_ramp(cfg: TrainConfig) -> bool:
-    return cfg.batch_size > AUTO_RAMP_ABOVE * cfg.ref_batch_size
+    return cfg.batch_size >= AUTO_RAMP_FROM * cfg.ref_batch_size
 
 
 def ramp_allowed(cfg: TrainConfig) -> bool:
@@ -104,13 +106,13 @@ def resolve_auto(cfg: TrainConfig, saved: dict | None = None, n_train: int | Non
 
 def describe_ramp(requested: TrainConfig, resolved: TrainConfig) -> str:
     """For the run's header: the batch ramp in effect and why (`requested`: the keys as the user gave them,
-    `resolved`: as the run trains), or why `auto` chose none for a batch above 4x the reference; else ""."""
+    `resolved`: as the run trains), or why `auto` chose none for a batch of 4x the reference or more; else ""."""
     ratio = f"{resolved.batch_size / resolved.ref_batch_size:.3g}x train.ref_batch_size"
     ramp = ramp_epochs(resolved) if resolved.batch_size > resolved.ref_batch_size else 0
     auto, kept = requested.batch_ramp_epochs == AUTO, ramp_epochs(requested) != ramp
     if ramp:
         why = (f"train.batch_ramp_epochs={ramp}" if not auto else "as the run being resumed started" if kept else
-               f"train.batch_ramp_epochs=auto: the global batch is {ratio}, above {AUTO_RAMP_ABOVE}x, where a fixed "
+               f"train.batch_ramp_epochs=auto: the global batch is {ratio}, at least {AUTO_RAMP_FROM}x, where a fixed "
                f"batch lost accuracy; {AUTO_RAMP_EPOCHS_PER_DOUBLING:g} epochs per doubling of the batch "
                "(docs/batch_scaling.md); train.batch_ramp_epochs=0 turns it off")
         warmup = warmup_epochs(resolved)
