@@ -56,8 +56,9 @@ def rows_to_run(fastest: dict, batches, n_train: int) -> list[tuple[str, int]]:
 
 def train_to_early_stop(overrides: list[str], data, device: str) -> dict:
     cfg = article_config(*overrides)
-    # train's `auto` keys as distrib.train resolves them: a batch ramp from 4x the reference (not when captured)
-    cfg = dataclasses.replace(cfg, train=resolve_auto(cfg.train))
+    # train's `auto` keys as distrib.train resolves them: a batch ramp from 4x the reference (not when captured),
+    # else a warmup of 2 epochs of this data's steps, at most 50
+    cfg = dataclasses.replace(cfg, train=resolve_auto(cfg.train, None, len(data.train.ratings)))
     started = time.perf_counter()
     with open_trainer(cfg, data, device) as trainer:
         summary = trainer.fit(NullTracker())
