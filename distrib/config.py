@@ -184,8 +184,8 @@ class TrainConfig(Section):
                            "train.epochs")
     batch_ramp_epochs: int | Literal["auto"] = option(
         "auto", "> 0: the global batch grows geometrically from ref_batch_size to batch_size over this many "
-                "epochs; auto: from 4 x ref_batch_size, 2.5 epochs per doubling of the batch (4x: 5, 16x: 10), else 0 "
-                "(docs/batch_scaling.md)", ge=0)
+                "epochs; auto: from 4 x ref_batch_size, 2.5 epochs per doubling of the batch (4x: 5, 16x: 10), "
+                "else 0 (docs/batch_scaling.md)", ge=0)
     cycle_epochs: float = option(2.0, "cosine restarts every this many epochs", gt=0.0)
     eta_min_ratio: float = option(0.1, "the cosine floor, as a fraction of the peak lr", ge=0.0, le=1.0)
     optimizer: Literal["adam", "adamw", "lamb"] = option(
