@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from distrib.config import TrainConfig
+from distrib.parallel import sampler
 
 ONE_CYCLE_PCT_START = 0.25
 ONE_CYCLE_DIV = 25.0  # the first lr is the peak over this
@@ -73,7 +74,7 @@ def ramp_allowed(cfg: TrainConfig) -> bool:
 def warmup_epochs(cfg: TrainConfig, steps_per_epoch: int | None = None) -> float:
     """train.warmup_epochs, `auto` read as: none under a batch ramp (its first epochs run near the reference
     batch, where the lr is not scaled up), else 2 epochs of `steps_per_epoch` (when given) but at most 50 steps.
-    Two epochs are 18 steps at 4x the batch on ml-100k, where the warmup was measured; on ml-25m they are over
+    Two epochs are 18 steps at a fixed 4x batch on ml-100k, where the warmup was measured; on ml-25m they are over
     9,000, and the run was still far behind the unwarmed one after them, while 50 steps kept its accuracy
     (docs/batch_scaling.md)."""
     if cfg.warmup_epochs != AUTO:
@@ -90,9 +91,9 @@ def resolve_auto(cfg: TrainConfig, saved: dict | None = None, n_train: int | Non
     it ran with; its numbers are kept (a key it lacks was written by a version without that key: 0, which is
     what that version ran). Without `saved`, the rule above for this global batch and `n_train` training ratings
     (the warmup's cap in steps). Explicit values stay."""
-    steps_per_epoch = n_train // cfg.batch_size if n_train else None
+    per_epoch = sampler.steps_per_epoch(n_train, cfg.batch_size) if n_train else None
     rules = (("batch_ramp_epochs", ramp_epochs, int),
-             ("warmup_epochs", lambda c: warmup_epochs(c, steps_per_epoch), float))
+             ("warmup_epochs", lambda c: warmup_epochs(c, per_epoch), float))
     resolved = cfg
     for key, rule, number in rules:
         if getattr(cfg, key) != AUTO:
